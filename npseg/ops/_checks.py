@@ -13,6 +13,8 @@ import numbers
 
 import numpy as np
 
+from npseg._device import array_module
+
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -117,7 +119,7 @@ def check_shape(x, name: str, shape: tuple):
 
 def check_finite(x, name: str):
     """No NaN or inf in ``x`` (boxes, RoIs, targets)."""
-    xp = _array_module(x)
+    xp = array_module(x)
     if x.size and not bool(xp.isfinite(x).all()):
         raise ValueError(f"{name} must be finite, got NaN or inf")
     return x
@@ -125,16 +127,6 @@ def check_finite(x, name: str):
 
 def check_reduction(reduction) -> str:
     return check_choice(reduction, "reduction", ("mean", "sum", "none"))
-
-
-def _array_module(x):
-    """NumPy for NumPy arrays, CuPy for CuPy arrays, without importing CuPy otherwise."""
-    module = type(x).__module__.split(".")[0]
-    if module == "cupy":
-        import cupy
-
-        return cupy
-    return np
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int,
