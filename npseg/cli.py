@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("model", help=f"one of {', '.join(MODEL_NAMES)}")
     t.add_argument("--data", default="shapes",
                    help="'shapes' (built-in synthetic set) or a folder of images + PNG label maps")
+    t.add_argument("--num-classes", type=int,
+                   help="classes, background included (a folder not in the VOC layout)")
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int)
     t.add_argument("--image-size", type=int)
@@ -70,7 +72,7 @@ def _train(args) -> int:
             config = TrainConfig.for_model(
                 args.model, data=args.data, epochs=args.epochs, batch_size=args.batch_size,
                 image_size=args.image_size, lr=args.lr, device=args.device, seed=args.seed,
-                train_size=args.train_size, val_size=args.val_size)
+                train_size=args.train_size, val_size=args.val_size, num_classes=args.num_classes)
             metrics = train(config, out_dir=out, progress=not args.no_progress)
     except KeyboardInterrupt as stop:
         print(f"\n{stop}" if str(stop) else "\ninterrupted", file=sys.stderr)

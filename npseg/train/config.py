@@ -32,7 +32,8 @@ class TrainConfig:
     """Everything a training run depends on (the command line's options).
 
     ``data`` is ``"shapes"`` (the built-in synthetic set) or the path of an image/label folder
-    (see :class:`npseg.data.folder.FolderDataset`).
+    (see :class:`npseg.data.folder.FolderDataset`); ``num_classes`` (background included) is
+    needed for a folder that is not in the VOC layout.
     """
 
     model: str
@@ -47,6 +48,7 @@ class TrainConfig:
     train_size: int = 2000
     val_size: int = 200
     num_predictions: int = 8
+    num_classes: int | None = None
     model_config: dict = field(default_factory=dict)
 
     @classmethod

@@ -38,7 +38,8 @@ def build_datasets(config, split: str | None = None):
         if not os.path.isdir(config.data):
             raise ValueError(f"--data must be 'shapes' or an existing folder, got {config.data!r} "
                              f"(no such folder)")
-        make = lambda s: FolderDataset(config.data, split=s, ignore_index=IGNORE_INDEX)  # noqa: E731
+        make = lambda s: FolderDataset(config.data, split=s, num_classes=config.num_classes,  # noqa: E731
+                                       ignore_index=IGNORE_INDEX)
         transform = Compose([RandomHorizontalFlip(0.5),
                              RandomScaleCrop((0.5, 2.0), config.image_size, ignore_index=IGNORE_INDEX)])
     if split is not None:
