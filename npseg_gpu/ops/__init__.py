@@ -1,0 +1,36 @@
+"""npseg_gpu.ops: every op of ``npseg.ops`` on device arrays, same names and signatures.
+
+Each public module here mirrors the ``npseg.ops`` module of the same name and lists its ops in
+``__all__``; they are re-exported here and ``OPS`` (name -> function) is the registry that
+``reference_tests/test_gpu_parity.py`` compares with ``npseg.ops.OPS`` name for name.
+
+Ops whose NumPy code is written for any array module (activations, dropout) are the very same
+functions as in ``npseg.ops``; the others are CuPy glue (matrix products through cuBLAS, small
+reductions) around the Numba CUDA kernels of ``npseg_gpu.kernels``. Validation is the CPU ops'
+own (``npseg.ops._checks`` and the CPU modules' argument checks read only shapes and dtypes).
+
+Importing this package needs numba-cuda but compiles nothing and touches no GPU.
+"""
+
+import importlib as _importlib
+import pkgutil as _pkgutil
+
+try:
+    import numba.cuda as _numba_cuda  # noqa: F401  (fail here, clearly, without numba-cuda)
+except ImportError as _error:
+    from npseg_gpu._device import INSTALL_HINT as _HINT
+
+    raise ImportError(f"npseg_gpu.ops needs numba-cuda: {_HINT}") from _error
+
+__all__ = []
+OPS = {}
+for _info in sorted(_pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    if _info.name.startswith("_"):
+        continue
+    _module = _importlib.import_module(f"{__name__}.{_info.name}")
+    for _name in _module.__all__:
+        if _name in OPS:
+            raise ImportError(f"npseg_gpu.ops: {_name} is defined twice")
+        OPS[_name] = globals()[_name] = getattr(_module, _name)
+        __all__.append(_name)
+__all__.append("OPS")

@@ -1,0 +1,107 @@
+"""Batch normalization on the device (mirror :mod:`npseg.ops.normalization`).
+
+Same formulas, arguments, checks and in-place update of the running statistics as the NumPy op;
+x is viewed as (N, C, L) (L = 1 for (N, C) input). The per-channel sums run in
+:mod:`npseg_gpu.kernels.batchnorm` (one block per channel, a shared-memory reduction), the
+normalisation and the input gradient in elementwise kernels; the (C,)-sized glue (running
+statistics, 1/sigma) is CuPy.
+"""
+
+from __future__ import annotations
+
+import math
+
+from npseg.ops._checks import (check_bool, check_float_array, check_number, check_same_dtype,
+                               check_shape)
+from npseg_gpu._device import xp
+from npseg_gpu.kernels import batchnorm as K
+from npseg_gpu.kernels._launch import launch, launch_blocks
+from npseg_gpu.ops._dout import check_dout
+from npseg_gpu.ops._util import contiguous, empty, require_device
+
+__all__ = ["batch_norm_forward", "batch_norm_backward"]
+
+
+def _as_ncl(a):
+    """(N, C, ...) -> contiguous (N, C, L) view or copy."""
+    return contiguous(a).reshape(a.shape[0], a.shape[1], math.prod(a.shape[2:]))
+
+
+def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, momentum=0.1,
+                       eps=1e-5):
+    """y = gamma * (x - mu) / sqrt(var + eps) + beta per channel, as
+    :func:`npseg.ops.batch_norm_forward` (training updates the running statistics in place).
+
+    Returns ``(y, cache)``.
+    """
+    check_float_array(x, "x")
+    if x.ndim not in (2, 3, 4):
+        raise ValueError(f"x must be 2-D (N, C), 3-D (N, C, L) or 4-D (N, C, H, W), "
+                         f"got shape {tuple(x.shape)}")
+    channels = x.shape[1]
+    for name, v in (("gamma", gamma), ("beta", beta), ("running_mean", running_mean),
+                    ("running_var", running_var)):
+        check_float_array(v, name)
+        check_shape(v, name, (channels,))
+        require_device(v, name)
+    check_same_dtype(x, "x", gamma=gamma, beta=beta, running_mean=running_mean,
+                     running_var=running_var)
+    require_device(x, "x")
+    training = check_bool(training, "training")
+    momentum = check_number(momentum, "momentum", low=0.0, high=1.0)
+    eps = check_number(eps, "eps", low=0.0, low_open=True)
+
+    count = x.size // channels if channels else 0          # M: values per channel
+    if training and count == 1:
+        raise ValueError(f"x must have more than 1 value per channel when training, "
+                         f"got shape {tuple(x.shape)}")
+    x3 = _as_ncl(x)
+    batch_stats = training and count > 1
+    if batch_stats:
+        mean = empty((channels,), x.dtype)
+        var = empty((channels,), x.dtype)
+        launch_blocks(K.channel_mean_var_kernel, channels, x3, mean, var)
+        # the running statistics: the one permitted in-place update of an argument
+        running_mean *= 1 - momentum
+        running_mean += momentum * mean
+        running_var *= 1 - momentum
+        running_var += momentum * var * (count / (count - 1))  # unbiased: divides by M - 1
+    else:
+        mean, var = running_mean, running_var
+
+    inv_sigma = 1 / xp().sqrt(var + eps)                       # (C,)
+    x_hat = empty(x3.shape, x.dtype)
+    y = empty(x3.shape, x.dtype)
+    launch(K.normalize_kernel, x3.size, x3, contiguous(mean), contiguous(inv_sigma),
+           contiguous(gamma), contiguous(beta), x_hat, y)
+    cache = (x_hat, gamma.copy(), inv_sigma, batch_stats, tuple(x.shape))
+    return y.reshape(x.shape), cache
+
+
+def batch_norm_backward(dout, cache):
+    """Gradients of batch norm: ``(dx, dgamma, dbeta)``, as :func:`npseg.ops.batch_norm_backward`.
+
+        dbeta = sum(dy), dgamma = sum(dy * xhat)                    (per channel)
+        dx = (gamma / sigma) * (dy - mean(dy) - xhat * mean(dy * xhat))   (training)
+        dx = (gamma / sigma) * dy                                         (evaluation)
+    """
+    x_hat, gamma, inv_sigma, batch_stats, shape = cache
+    check_dout(dout, shape, x_hat.dtype)
+    require_device(dout, "dout")
+    channels = shape[1]
+    dy = _as_ncl(dout)
+    dbeta = empty((channels,), x_hat.dtype)
+    dgamma = empty((channels,), x_hat.dtype)
+    if x_hat.size:
+        launch_blocks(K.channel_grad_sums_kernel, channels, dy, x_hat, dbeta, dgamma)
+    else:
+        dbeta[...] = 0
+        dgamma[...] = 0
+    scale = gamma * inv_sigma                                  # gamma / sigma, (C,)
+    if not batch_stats:
+        return dout * scale.reshape((1, -1) + (1,) * (len(shape) - 2)), dgamma, dbeta
+    count = x_hat.size // channels                             # M
+    dx = empty(x_hat.shape, x_hat.dtype)
+    launch(K.batch_grad_kernel, dx.size, dy, x_hat, contiguous(scale),
+           contiguous(dbeta / count), contiguous(dgamma / count), dx)
+    return dx.reshape(shape), dgamma, dbeta
