@@ -1,0 +1,246 @@
+"""2-D convolution and transposed convolution (NCHW, PyTorch semantics), as matrix products.
+
+conv2d
+------
+x (N, C_in, H, W), w (C_out, C_in/groups, kH, kW), b (C_out,) or None. With stride s, padding
+pad, dilation d (each per axis) and G = groups, output channel o belongs to group
+g = o // (C_out/G) and sees only that group's input channels:
+
+    out[n, o, i, j] = b[o] + sum_{c < C_in/G, p < kH, q < kW}
+                      w[o, c, p, q] * xpad[n, g*C_in/G + c, s_h*i + d_h*p, s_w*j + d_w*q]
+
+where xpad is x zero-padded by pad on each side (so xpad[.., y, x'] = x[.., y - pad_h,
+x' - pad_w]), and
+
+    H_out = floor((H + 2*pad_h - d_h*(kH - 1) - 1) / s_h) + 1            (W_out alike).
+
+As matrices: with cols = im2col(x), per image n and group g,
+
+    out[n, g] = W[g] @ cols[n, g]        W[g]: (C_out/G, C_in/G*kH*kW),  cols: (C_in/G*kH*kW, L)
+
+and the backward pass is two more products and the adjoint of im2col:
+
+    dW[g]        = sum_n dout[n, g] @ cols[n, g]^T
+    dcols[n, g]  = W[g]^T @ dout[n, g],          dx = col2im(dcols)
+    db[o]        = sum_{n, i, j} dout[n, o, i, j]
+
+conv_transpose2d
+----------------
+x (N, C_in, H, W), w (C_in, C_out/groups, kH, kW), b (C_out,) or None. The transposed
+convolution is the adjoint (matrix transpose) of conv2d with the same w, stride, padding,
+dilation and groups: conv2d maps an (H_out, W_out) image with C_out channels to the (H, W)
+x, and for every x and y
+
+    < conv2d(y, w), x > = < y, conv_transpose2d(x, w) >          (without bias).
+
+Written out, each input pixel scatters its kernel-weighted copy into the output:
+
+    out[n, g*C_out/G + o, s_h*i + d_h*p - pad_h, s_w*j + d_w*q - pad_w]
+        += sum_{c < C_in/G} w[g*C_in/G + c, o, p, q] * x[n, g*C_in/G + c, i, j]   (+ b)
+
+    H_out = (H - 1)*s_h - 2*pad_h + d_h*(kH - 1) + output_padding_h + 1        (W_out alike)
+
+output_padding (< stride or < dilation, as in PyTorch) only picks which of the s possible sizes
+the output has (several output sizes give the same conv2d output size). So the forward pass is
+conv2d's input gradient, cols = W^T @ x then col2im, and its backward pass uses im2col:
+
+    dcols = im2col(dout),  dx[n, g] = W[g] @ dcols[n, g],  dW[g] = sum_n x[n, g] @ dcols[n, g]^T
+
+Implementation notes: the column matrices use the pitched layout of ``npseg.ops.im2col`` (each
+kernel offset one contiguous slice; a few junk columns per row of windows, dropped after the
+products). The matrix products are batched ``np.matmul`` calls, one BLAS GEMM per (image,
+group). The column matrix is the only large temporary: the backward pass rebuilds it from the
+cached x (rather than keeping it alive between forward and backward) and writes dcols into the
+same buffer. The cache keeps a reference to x, so x must not be modified before backward.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._checks import check_float_array, check_int, check_same_dtype, check_shape, pair
+from .im2col import _col2im_pitched, _im2col_pitched, _Pitch, _windows_count
+
+__all__ = ["conv2d_forward", "conv2d_backward",
+           "conv_transpose2d_forward", "conv_transpose2d_backward"]
+
+
+# ---------------------------------------------------------------------------------- checks
+
+def _check_conv(x, w, b, stride, padding, dilation, groups, transposed):
+    """Validate the arguments of both convolutions; returns the normalized parameters."""
+    check_float_array(x, "x", 4, "N, C_in, H, W")
+    layout = "C_in, C_out/groups, kH, kW" if transposed else "C_out, C_in/groups, kH, kW"
+    check_float_array(w, "w", 4, layout)
+    check_same_dtype(x, "x", w=w, b=b)
+    stride = pair(stride, "stride", 1)
+    padding = pair(padding, "padding", 0)
+    dilation = pair(dilation, "dilation", 1)
+    groups = check_int(groups, "groups", 1)
+
+    N, C_in, H, W = x.shape
+    if C_in < 1 or H < 1 or W < 1:
+        raise ValueError(f"x must have at least one channel and one pixel, got shape {x.shape}")
+    if min(w.shape) < 1:
+        raise ValueError(f"w must have no empty dimension ({layout}), got shape {w.shape}")
+    if C_in % groups:
+        raise ValueError(f"groups ({groups}) must divide the {C_in} input channels of x")
+    if transposed:
+        if w.shape[0] != C_in:
+            raise ValueError(f"w must have C_in = {C_in} (the channels of x) in dimension 0 "
+                             f"({layout}), got shape {w.shape}")
+        C_out = w.shape[1] * groups
+    else:
+        C_out = w.shape[0]
+        if C_out % groups:
+            raise ValueError(f"groups ({groups}) must divide the {C_out} output channels "
+                             f"(dimension 0) of w")
+        if w.shape[1] != C_in // groups:
+            raise ValueError(f"w must have C_in/groups = {C_in}/{groups} = {C_in // groups} "
+                             f"channels in dimension 1 ({layout}) for x of shape {x.shape}, "
+                             f"got shape {w.shape}")
+    if b is not None:
+        check_float_array(b, "b", 1, "C_out")
+        check_shape(b, "b", (C_out,))
+    return stride, padding, dilation, groups, C_out
+
+
+def _check_dout(dout, cache_x, shape):
+    check_float_array(dout, "dout", 4, "N, C_out, H_out, W_out")
+    check_same_dtype(cache_x, "the forward input x", dout=dout)
+    check_shape(dout, "dout", shape)
+
+
+# ---------------------------------------------------------------------------------- conv2d
+
+def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
+    """2-D convolution (cross-correlation, as ``torch.nn.functional.conv2d``).
+
+    x: (N, C_in, H, W); w: (C_out, C_in/groups, kH, kW); b: (C_out,) or None; stride, padding,
+    dilation: int or (h, w). Returns ``(out, cache)`` with out (N, C_out, H_out, W_out):
+
+        out[n, o, i, j] = b[o] + sum_{c, p, q} w[o, c, p, q]
+                          * x[n, g*C_in/G + c, s_h*i + d_h*p - pad_h, s_w*j + d_w*q - pad_w]
+
+    (g = o // (C_out/G), x is zero outside the image; see the module docstring.)
+    """
+    stride, padding, dilation, G, C_out = _check_conv(x, w, b, stride, padding, dilation,
+                                                      groups, transposed=False)
+    N, C_in, H, W = x.shape
+    kernel = w.shape[2:]
+    Ho, Wo = _windows_count((H, W), kernel, stride, padding, dilation, "w")
+    pitch = _Pitch((H, W), (Ho, Wo), kernel, stride, padding, dilation)
+
+    K = C_in // G * kernel[0] * kernel[1]  # rows of the column matrix of one group
+    cols = _im2col_pitched(x, pitch).reshape(N, G, K, pitch.L)
+    out = np.matmul(w.reshape(G, C_out // G, K), cols)  # (N, G, C_out/G, L): one GEMM per (n, g)
+    del cols
+    out = _crop_and_add_bias(out.reshape(N, C_out, pitch.L), b, pitch)
+    return out, (x, w, b is not None, pitch, G)
+
+
+def conv2d_backward(dout, cache):
+    """Gradients of :func:`conv2d_forward`: ``(dx, dw, db)``, ``db`` None without bias.
+
+    dW[g] = sum_n dout[n, g] @ cols[n, g]^T,  dx = col2im(W[g]^T @ dout[n, g]),
+    db[o] = sum_{n, i, j} dout[n, o, i, j].
+    """
+    x, w, has_bias, pitch, G = cache
+    N, C_in = x.shape[:2]
+    C_out = w.shape[0]
+    _check_dout(dout, x, (N, C_out) + pitch.windows_hw)
+    K = C_in // G * w.shape[2] * w.shape[3]
+
+    db = dout.sum(axis=(0, 2, 3)) if has_bias else None
+    dout_p = pitch.to_pitch(dout).reshape(N, G, C_out // G, pitch.L)  # junk columns zero
+    cols = _im2col_pitched(x, pitch)            # the one large buffer: cols, then dcols
+    cols_g = cols.reshape(N, G, K, pitch.L)
+    dw = np.matmul(dout_p, cols_g.swapaxes(-1, -2)).sum(axis=0).reshape(w.shape)
+    w_g = w.reshape(G, C_out // G, K)
+    np.matmul(w_g.swapaxes(-1, -2), dout_p, out=cols_g)  # dcols[n, g] = W[g]^T @ dout[n, g]
+    dx = _col2im_pitched(cols, pitch)
+    return dx, dw, db
+
+
+def _crop_and_add_bias(out_p, b, pitch):
+    """(N, C, Ho*Wq) pitched result -> (N, C, Ho, Wo), plus the bias, in one pass."""
+    out = pitch.from_pitch(out_p)
+    if b is None:
+        return np.ascontiguousarray(out)
+    bias = b.reshape(1, -1, 1, 1)
+    if pitch.Wq == pitch.windows_hw[1]:  # no junk columns: out owns a contiguous buffer
+        out += bias
+        return out
+    return out + bias
+
+
+# ------------------------------------------------------------------------- conv_transpose2d
+
+def _transposed_output_size(x_hw, kernel, stride, padding, output_padding, dilation):
+    for k, axis in enumerate("hw"):
+        if output_padding[k] >= max(stride[k], dilation[k]):
+            raise ValueError(
+                f"output_padding must be smaller than either stride or dilation, got "
+                f"output_padding={output_padding}, stride={stride}, dilation={dilation}")
+    size = tuple((x_hw[k] - 1) * stride[k] - 2 * padding[k] + dilation[k] * (kernel[k] - 1)
+                 + output_padding[k] + 1 for k in range(2))
+    if min(size) < 1:
+        raise ValueError(f"padding {padding} is too large: conv_transpose2d of an input of "
+                         f"size {tuple(x_hw)} would give an output of size {size}")
+    return size
+
+
+def conv_transpose2d_forward(x, w, b=None, stride=1, padding=0, output_padding=0, dilation=1,
+                             groups=1):
+    """Transposed 2-D convolution (``torch.nn.functional.conv_transpose2d``).
+
+    x: (N, C_in, H, W); w: (C_in, C_out/groups, kH, kW); b: (C_out,) or None. Returns
+    ``(out, cache)``, out (N, C_out, H_out, W_out) with
+
+        H_out = (H - 1)*s_h - 2*pad_h + d_h*(kH - 1) + output_padding_h + 1   (W_out alike)
+
+        out[n, g*C_out/G + o, s_h*i + d_h*p - pad_h, s_w*j + d_w*q - pad_w]
+            += sum_c w[g*C_in/G + c, o, p, q] * x[n, g*C_in/G + c, i, j]         (+ b[o])
+
+    i.e. the adjoint of :func:`conv2d_forward` with the same w: out = col2im(W^T @ x).
+    """
+    stride, padding, dilation, G, C_out = _check_conv(x, w, b, stride, padding, dilation,
+                                                      groups, transposed=True)
+    output_padding = pair(output_padding, "output_padding", 0)
+    N, C_in, H, W = x.shape
+    kernel = w.shape[2:]
+    size = _transposed_output_size((H, W), kernel, stride, padding, output_padding, dilation)
+    # the conv2d this op is the adjoint of: image `size` (the output here), windows (H, W)
+    pitch = _Pitch(size, (H, W), kernel, stride, padding, dilation)
+
+    K = C_out // G * kernel[0] * kernel[1]
+    x_p = pitch.to_pitch(x).reshape(N, G, C_in // G, pitch.L)  # junk columns zero
+    w_g = w.reshape(G, C_in // G, K)
+    cols = np.matmul(w_g.swapaxes(-1, -2), x_p)  # (N, G, K, L): cols[n, g] = W[g]^T @ x[n, g]
+    out = _col2im_pitched(cols.reshape((N, C_out) + tuple(kernel) + (pitch.L,)), pitch)
+    del cols
+    if b is not None:
+        out += b.reshape(1, -1, 1, 1)
+    return out, (x, w, b is not None, pitch, G)
+
+
+def conv_transpose2d_backward(dout, cache):
+    """Gradients of :func:`conv_transpose2d_forward`: ``(dx, dw, db)``, ``db`` None without bias.
+
+    dcols = im2col(dout),  dx[n, g] = W[g] @ dcols[n, g],  dW[g] = sum_n x[n, g] @ dcols[n, g]^T,
+    db[o] = sum_{n, y, x'} dout[n, o, y, x'].
+    """
+    x, w, has_bias, pitch, G = cache
+    N, C_in = x.shape[:2]
+    C_out = w.shape[1] * G
+    _check_dout(dout, x, (N, C_out) + pitch.image_hw)
+    K = C_out // G * w.shape[2] * w.shape[3]
+
+    db = dout.sum(axis=(0, 2, 3)) if has_bias else None
+    dcols = _im2col_pitched(dout, pitch).reshape(N, G, K, pitch.L)  # the one large buffer
+    w_g = w.reshape(G, C_in // G, K)
+    dx_p = np.matmul(w_g, dcols)  # (N, G, C_in/G, L)
+    dx = np.ascontiguousarray(pitch.from_pitch(dx_p.reshape(N, C_in, pitch.L)))
+    x_p = pitch.to_pitch(x).reshape(N, G, C_in // G, pitch.L)  # junk columns zero
+    dw = np.matmul(x_p, dcols.swapaxes(-1, -2)).sum(axis=0).reshape(w.shape)
+    return dx, dw, db

@@ -1,0 +1,241 @@
+"""im2col / col2im: sliding windows as the columns of a matrix, and back.
+
+A convolution is a matrix product once every window of the input is laid out as one column:
+
+    cols[n, (c, p, q), (i, j)] = xpad[n, c, s_h*i + d_h*p, s_w*j + d_w*q]
+
+with ``xpad`` the input zero-padded by ``padding`` on each side, ``(p, q)`` the kernel offset
+(``0 <= p < kH``, ``0 <= q < kW``), ``(i, j)`` the window (output pixel) and
+
+    H_out = floor((H + 2*pad_h - d_h*(kH - 1) - 1) / s_h) + 1        (same for W_out).
+
+:func:`im2col` has the layout of ``torch.nn.functional.unfold``: ``(N, C*kH*kW, L)`` with
+``L = H_out*W_out``, the row index running channel-major, then kernel row, then kernel column.
+:func:`col2im` (``torch.nn.functional.fold``) is its adjoint: every column entry is added back
+to the pixel it was read from, so pixels covered by several windows receive the sum.
+
+Both loop over the ``kH*kW`` kernel offsets only: each offset is one strided slice of the whole
+batch (every image, channel and window at once), never a loop over pixels, images or channels.
+
+The convolution ops use the private "pitched" helpers at the bottom of this module instead: the
+same columns, but each row of windows padded to a fixed pitch so that every kernel offset is a
+single contiguous slice (see :func:`_im2col_pitched`); they are several times faster.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from ._checks import check_float_array, conv_output_size, pair
+
+__all__ = ["im2col", "col2im"]
+
+
+def _window_params(kernel_size, stride, padding, dilation):
+    kernel = pair(kernel_size, "kernel_size", 1)
+    stride = pair(stride, "stride", 1)
+    padding = pair(padding, "padding", 0)
+    dilation = pair(dilation, "dilation", 1)
+    return kernel, stride, padding, dilation
+
+
+def _windows_count(size_hw, kernel, stride, padding, dilation, name):
+    """(H_out, W_out); a ValueError naming ``name`` when the kernel does not fit once."""
+    out = tuple(conv_output_size(size_hw[k], kernel[k], stride[k], padding[k], dilation[k])
+                for k in range(2))
+    if min(out) < 1:
+        span = tuple(dilation[k] * (kernel[k] - 1) + 1 for k in range(2))
+        raise ValueError(
+            f"{name}: the dilated kernel {span} is larger than the padded input "
+            f"{tuple(size_hw[k] + 2 * padding[k] for k in range(2))}")
+    return out
+
+
+def im2col(x, kernel_size, stride=1, padding=0, dilation=1):
+    """Unfold the sliding windows of ``x`` into columns (``torch.nn.functional.unfold``).
+
+    x: (N, C, H, W) float32/float64.  Returns ``cols`` (N, C*kH*kW, H_out*W_out) with
+
+        cols[n, c*kH*kW + p*kW + q, i*W_out + j] = xpad[n, c, s_h*i + d_h*p, s_w*j + d_w*q]
+
+    (``xpad``: ``x`` zero-padded by ``padding``). ``kernel_size``, ``stride``, ``padding`` and
+    ``dilation`` are ints or (h, w) pairs.
+    """
+    check_float_array(x, "x", 4, "N, C, H, W")
+    kernel, stride, padding, dilation = _window_params(kernel_size, stride, padding, dilation)
+    N, C, H, W = x.shape
+    Ho, Wo = _windows_count((H, W), kernel, stride, padding, dilation, "kernel_size")
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+
+    xpad = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=x.dtype)
+    xpad[:, :, ph:ph + H, pw:pw + W] = x
+    # A read-only view windows[n, c, p, q, i, j] = xpad[n, c, sh*i + dh*p, sw*j + dw*q]: stepping
+    # p moves dh rows, stepping i moves sh rows (same for columns). The reshape copies it once.
+    sn, sc, sy, sx = xpad.strides
+    windows = as_strided(xpad, shape=(N, C, kh, kw, Ho, Wo),
+                         strides=(sn, sc, dh * sy, dw * sx, sh * sy, sw * sx), writeable=False)
+    return windows.reshape(N, C * kh * kw, Ho * Wo)
+
+
+def col2im(cols, output_size, kernel_size, stride=1, padding=0, dilation=1):
+    """Fold columns back into an image, summing overlaps (``torch.nn.functional.fold``).
+
+    cols: (N, C*kH*kW, L) with ``L = H_out*W_out`` windows of an ``output_size = (H, W)`` image
+    (unpadded size). Returns ``x`` (N, C, H, W), the adjoint of :func:`im2col`:
+
+        x[n, c, y, x'] = sum of cols[n, (c, p, q), (i, j)] over all (p, q, i, j) with
+                         s_h*i + d_h*p - pad_h = y  and  s_w*j + d_w*q - pad_w = x'
+
+    so that ``<im2col(x), cols> == <x, col2im(cols)>``. One strided slice-add per kernel offset.
+    """
+    check_float_array(cols, "cols", 3, "N, C*kH*kW, L")
+    H, W = pair(output_size, "output_size", 1)
+    kernel, stride, padding, dilation = _window_params(kernel_size, stride, padding, dilation)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    N, CK, L = cols.shape
+    if CK % (kh * kw):
+        raise ValueError(f"cols: dimension 1 must be divisible by kH*kW = {kh * kw}, "
+                         f"got shape {tuple(cols.shape)}")
+    C = CK // (kh * kw)
+    Ho, Wo = _windows_count((H, W), kernel, stride, padding, dilation, "kernel_size")
+    if L != Ho * Wo:
+        raise ValueError(f"cols: an output_size of {(H, W)} has {Ho}*{Wo} = {Ho * Wo} windows, "
+                         f"but cols has L = {L} (shape {tuple(cols.shape)})")
+
+    cols6 = cols.reshape(N, C, kh, kw, Ho, Wo)
+    xpad = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=cols.dtype)
+    for p in range(kh):  # kH*kW slice-adds, each over the whole batch
+        for q in range(kw):
+            rows = slice(dh * p, dh * p + sh * (Ho - 1) + 1, sh)
+            columns = slice(dw * q, dw * q + sw * (Wo - 1) + 1, sw)
+            xpad[:, :, rows, columns] += cols6[:, :, p, q]
+    return xpad[:, :, ph:ph + H, pw:pw + W].copy()
+
+
+# --------------------------------------------------------------------------------------------
+# Fast private helpers used by conv2d / conv_transpose2d: the "pitched" column layout.
+#
+# Padding x and splitting it into its s_h*s_w stride phases
+#
+#     phases[n, c, a, b, r, t] = xpad[n, c, s_h*r + a, s_w*t + b]
+#
+# turns window (i, j), kernel offset (p, q) into phase (a, b) = (d_h*p % s_h, d_w*q % s_w) at
+# row i + d_h*p // s_h and column j + d_w*q // s_w. Flatten each phase plane with a row pitch
+# of Wq = W_out + d_w*(kW - 1)//s_w and store the windows with that same pitch
+# (column index i*Wq + j, the Wq - W_out "junk" columns j >= W_out included): one kernel offset
+# is then ONE contiguous slice of length H_out*Wq of the flat phase plane, shifted by
+# (d_h*p // s_h)*Wq + d_w*q // s_w. The slice copies/adds run at memory speed instead of
+# looping over short rows. The junk columns cost (Wq - W_out)/W_out extra work in the matrix
+# products (a few percent on real images) and are dropped afterwards; col2im requires them zero.
+# --------------------------------------------------------------------------------------------
+
+
+class _Pitch:
+    """Sizes of the pitched layout for an (H, W) image with (Ho, Wo) windows."""
+
+    def __init__(self, image_hw, windows_hw, kernel, stride, padding, dilation):
+        self.image_hw, self.windows_hw = tuple(image_hw), tuple(windows_hw)
+        self.kernel, self.stride, self.padding, self.dilation = kernel, stride, padding, dilation
+        (Ho, Wo), (kh, kw), (sh, sw), (dh, dw) = self.windows_hw, kernel, stride, dilation
+        self.Hq = Ho + dh * (kh - 1) // sh       # phase-plane rows that windows touch
+        self.Wq = Wo + dw * (kw - 1) // sw       # row pitch
+        self.L = Ho * self.Wq                    # columns per image, junk included
+        self.plane = (self.Hq + 1) * self.Wq     # one spare row: the last slices run past Hq
+
+    def offsets(self):
+        """(p, q, a, b, start) for every kernel offset: phase (a, b) and flat slice start."""
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.stride, self.dilation
+        for p in range(kh):
+            r0, a = divmod(dh * p, sh)
+            for q in range(kw):
+                t0, b = divmod(dw * q, sw)
+                yield p, q, a, b, r0 * self.Wq + t0
+
+    def phase_slices(self):
+        """(a, b, phase rows, phase columns, x rows, x columns) for every stride phase (a, b).
+
+        Phase (a, b) holds the pixels x[y, x'] with y + pad_h = s_h*r + a, x' + pad_w = s_w*t + b,
+        i.e. x rows y0, y0 + s_h, ... at phase rows r0, r0 + 1, ... (columns alike). Only the
+        rows/columns some window reads are kept (the last ones of x may lie beyond every window).
+        """
+        (sh, sw), (ph, pw), (H, W) = self.stride, self.padding, self.image_hw
+        h = max(0, min(H, sh * (self.Hq + 1) - ph))  # x rows inside the phase planes
+        w = max(0, min(W, sw * self.Wq - pw))
+        for a in range(sh):
+            y0 = (a - ph) % sh
+            r0, nr = (y0 + ph) // sh, len(range(y0, h, sh))
+            for b in range(sw):
+                x0 = (b - pw) % sw
+                t0, nt = (x0 + pw) // sw, len(range(x0, w, sw))
+                yield (a, b, slice(r0, r0 + nr), slice(t0, t0 + nt),
+                       slice(y0, h, sh), slice(x0, w, sw))
+
+    def to_pitch(self, y):
+        """(N, C, Ho, Wo) -> (N, C, Ho*Wq) with zero junk columns (a copy when Wq > Wo)."""
+        N, C, Ho, Wo = y.shape
+        if self.Wq == Wo:
+            return y.reshape(N, C, self.L)
+        out = np.zeros((N, C, Ho, self.Wq), dtype=y.dtype)
+        out[..., :Wo] = y
+        return out.reshape(N, C, self.L)
+
+    def from_pitch(self, y):
+        """(N, C, Ho*Wq) -> a view (N, C, Ho, Wo) without the junk columns."""
+        N, C, _ = y.shape
+        Ho, Wo = self.windows_hw
+        return y.reshape(N, C, Ho, self.Wq)[..., :Wo]
+
+
+def _split_phases(x, pitch: _Pitch):
+    """x (N, C, H, W) -> phases (N, C, s_h, s_w, (Hq + 1)*Wq): zero-padded, split by stride phase.
+
+    phases[n, c, a, b, r*Wq + t] = xpad[n, c, s_h*r + a, s_w*t + b]; with stride 1 this is just
+    the zero padding. One copy of x in s_h*s_w strided slices.
+    """
+    N, C = x.shape[:2]
+    (sh, sw), Hq, Wq = pitch.stride, pitch.Hq, pitch.Wq
+    phases = np.zeros((N, C, sh, sw, Hq + 1, Wq), dtype=x.dtype)
+    for a, b, rows, columns, x_rows, x_columns in pitch.phase_slices():
+        phases[:, :, a, b, rows, columns] = x[:, :, x_rows, x_columns]
+    return phases.reshape(N, C, sh, sw, pitch.plane)
+
+
+def _merge_phases(phases, pitch: _Pitch):
+    """Adjoint of :func:`_split_phases`: phases -> x (N, C, H, W), dropping the padding."""
+    N, C = phases.shape[:2]
+    (sh, sw), (H, W) = pitch.stride, pitch.image_hw
+    phases = phases.reshape(N, C, sh, sw, pitch.Hq + 1, pitch.Wq)
+    x = np.zeros((N, C, H, W), dtype=phases.dtype)  # pixels no window reads keep 0
+    for a, b, rows, columns, x_rows, x_columns in pitch.phase_slices():
+        x[:, :, x_rows, x_columns] = phases[:, :, a, b, rows, columns]
+    return x
+
+
+def _im2col_pitched(x, pitch: _Pitch, out=None):
+    """x (N, C, H, W) -> cols (N, C, kH, kW, Ho*Wq) in the pitched layout.
+
+    cols[n, c, p, q, i*Wq + j] = xpad[n, c, s_h*i + d_h*p, s_w*j + d_w*q] for j < W_out
+    (junk, finite values for j >= W_out). ``out`` may be a preallocated buffer of that shape.
+    """
+    N, C = x.shape[:2]
+    kh, kw = pitch.kernel
+    phases = _split_phases(x, pitch)
+    if out is None:
+        out = np.empty((N, C, kh, kw, pitch.L), dtype=x.dtype)
+    for p, q, a, b, start in pitch.offsets():
+        out[:, :, p, q] = phases[:, :, a, b, start:start + pitch.L]
+    return out
+
+
+def _col2im_pitched(cols, pitch: _Pitch):
+    """Adjoint of :func:`_im2col_pitched`: cols (N, C, kH, kW, Ho*Wq) -> x (N, C, H, W).
+
+    The junk columns of ``cols`` must be zero (they would land on neighbouring pixels).
+    """
+    N, C = cols.shape[:2]
+    sh, sw = pitch.stride
+    phases = np.zeros((N, C, sh, sw, pitch.plane), dtype=cols.dtype)
+    for p, q, a, b, start in pitch.offsets():
+        phases[:, :, a, b, start:start + pitch.L] += cols[:, :, p, q]
+    return _merge_phases(phases, pitch)
