@@ -5,8 +5,9 @@
 RoIAlign (512 RoIs, 256 channels, 7x7, sampling_ratio 2, aligned) and RoIPool on a
 2x256x50x50 float32 map with spatial_scale 1/16 (boxes in an 800x800 image), forward and
 forward + backward; NMS on 4000 clustered boxes (many overlaps, as RPN proposals) at IoU 0.7 and
-0.5. Both libraries run in this process with the same thread count. Prints the median time of
-``--repeat`` runs after one warm-up run; torch is optional (its column shows ``-`` without it).
+0.5. Both libraries run in this process with the same thread count, their runs alternating.
+Prints the median time of ``--repeat`` runs after one warm-up run; torch is optional (its
+column shows ``-`` without it).
 """
 
 from __future__ import annotations
@@ -42,14 +43,18 @@ except ImportError:  # torch is optional
     torch = torchvision = None
 
 
-def median_ms(fn, repeat=ARGS.repeat):
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
+def median_ms(fns, repeat=ARGS.repeat):
+    """Median wall time (ms) of each function in ``fns``; the runs alternate between them so a
+    machine shared with other work slows them alike. One untimed warm-up run each."""
+    for fn in fns:
         fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
+    times = [[] for _ in fns]
+    for _ in range(repeat):
+        for fn, spent in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            spent.append(time.perf_counter() - start)
+    return [1e3 * float(np.median(spent)) for spent in times]
 
 
 def make_rois(rng, k=512, n=2, image=800):
@@ -128,8 +133,10 @@ def main():
         assert np.array_equal(ops.nms(boxes, scores, 0.7), torch_fns["nms_0.7"]().numpy())
         assert np.allclose(align_fwd()[0], torch_fns["align_fwd"]().numpy(), atol=1e-5)
     for name, what, fn, key in entries:
-        ours = median_ms(fn)
-        theirs = median_ms(torch_fns[key]) if key in torch_fns else None
+        if key in torch_fns:
+            ours, theirs = median_ms([fn, torch_fns[key]])
+        else:
+            (ours,), theirs = median_ms([fn]), None
         rows.append((name, what, ours, theirs))
 
     print(f"threads: {ARGS.threads}, median of {ARGS.repeat} runs, float32"

@@ -341,7 +341,10 @@ class Tensor:
         xp = self.xp
         if isinstance(other, (numbers.Number, np.generic)) or np.ndim(other) == 0:
             return Tensor(xp.asarray(other, dtype=self.dtype), device=self.device)
-        return Tensor(xp.asarray(other), device=self.device)
+        other = xp.asarray(other)
+        if self.dtype.kind == "f" and other.dtype.kind in "biu":
+            other = other.astype(self.dtype)  # an int/bool mask must not promote float32
+        return Tensor(other, device=self.device)
 
     def __add__(self, other):
         b = self._operand(other)

@@ -103,6 +103,8 @@ def test_arithmetic_with_scalars_and_arrays():
     # python scalars keep float32
     f = Tensor(np.ones(3, dtype=np.float32), requires_grad=True)
     assert (2.5 * f + np.float64(1)).dtype == np.float32
+    assert (f * np.array([True, False, True])).dtype == np.float32
+    assert (np.arange(3) - f).dtype == np.float32
 
 
 def test_unbroadcast_sums_broadcast_axes():

@@ -500,3 +500,22 @@ def test_empty_batch(op):
     assert dx.shape == x.shape and dw.shape == w.shape and db.shape == b.shape
     np.testing.assert_array_equal(dw, 0)
     np.testing.assert_array_equal(db, 0)
+
+
+@pytest.mark.parametrize("threads", ["1", "3"])
+def test_large_layers_on_threads_match_formula(threads, monkeypatch):
+    """Layers big enough for the threaded im2col/col2im give the formula's result."""
+    monkeypatch.setenv("NPSEG_NUM_THREADS", threads)
+    rng = np.random.default_rng(5)
+    x, w, b = rng.standard_normal((2, 16, 33, 35)), rng.standard_normal((4, 16, 3, 3)), None
+    out, cache = ops.conv2d_forward(x, w, b, padding=1)
+    np.testing.assert_allclose(out, naive_conv2d(x, w, b, (1, 1), (1, 1), (1, 1), 1),
+                               rtol=1e-10, atol=1e-10)
+    dout = rng.standard_normal(out.shape)
+    dx, _, _ = ops.conv2d_backward(dout, cache)
+    np.testing.assert_allclose(dx, naive_conv_transpose2d(dout, w, None, (1, 1), (1, 1), (0, 0),
+                                                          (1, 1), 1), rtol=1e-10, atol=1e-10)
+    wt = rng.standard_normal((16, 8, 4, 4))
+    out, _ = ops.conv_transpose2d_forward(x, wt, None, stride=2, padding=1)
+    np.testing.assert_allclose(out, naive_conv_transpose2d(x, wt, None, (2, 2), (1, 1), (0, 0),
+                                                           (1, 1), 1), rtol=1e-10, atol=1e-10)

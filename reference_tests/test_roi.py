@@ -288,6 +288,28 @@ def test_float32_in_float32_out_and_batch_routing(op):
     np.testing.assert_allclose(out, out64, rtol=1e-5, atol=1e-5)
 
 
+def test_results_do_not_depend_on_chunking(monkeypatch):
+    """Work is split in chunks of RoIs and of taps; tiny chunks must give the same answer."""
+    import npseg.ops.roi as roi_module
+
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 3, 12, 10))
+    corner = rng.uniform(-2, 9, (30, 2))
+    rois = np.concatenate([rng.integers(0, 2, (30, 1)), corner,
+                           corner + rng.uniform(0, 8, (30, 2))], axis=1)
+    results = []
+    for chunk, taps in [(1 << 22, 1 << 21), (50, 7)]:
+        monkeypatch.setattr(roi_module, "_CHUNK_ELEMENTS", chunk)
+        monkeypatch.setattr(roi_module, "_TAPS_PER_SCATTER", taps)
+        out_a, cache_a = roi_align_forward(x, rois, (3, 2), 1.0, -1, True)
+        out_p, cache_p = roi_pool_forward(x, rois, (3, 2), 1.0)
+        dout = np.random.default_rng(0).standard_normal(out_a.shape)
+        results.append([out_a, roi_align_backward(dout, cache_a)[0],
+                        out_p, roi_pool_backward(dout, cache_p)[0]])
+    for big, small in zip(*results):
+        np.testing.assert_allclose(small, big, rtol=1e-12, atol=1e-12)
+
+
 def test_inputs_not_mutated():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 3, 6, 6))
@@ -354,7 +376,8 @@ def test_bad_align_options_and_dout():
         roi_align_forward(x, rois, 2, 1.0, 1.5)
     with pytest.raises(TypeError, match="aligned"):
         roi_align_forward(x, rois, 2, 1.0, 2, "yes")
-    for fwd, bwd in [(roi_align_forward, roi_align_backward), (roi_pool_forward, roi_pool_backward)]:
+    for fwd, bwd in [(roi_align_forward, roi_align_backward),
+                     (roi_pool_forward, roi_pool_backward)]:
         out, cache = fwd(x, rois, 2)
         with pytest.raises(ValueError, match="dout"):
             bwd(np.zeros((1, 2, 3, 2)), cache)
@@ -415,7 +438,8 @@ def test_float32_detector_sized_case_matches_torchvision(op):
     x = rng.standard_normal((2, 16, 25, 25)).astype(np.float32)
     size = rng.uniform(16, 300, (64, 2))
     corner = rng.uniform(-20, 400, (64, 2))
-    rois = np.concatenate([rng.integers(0, 2, (64, 1)), corner, corner + size], 1).astype(np.float32)
+    rois = np.concatenate([rng.integers(0, 2, (64, 1)), corner, corner + size], 1)
+    rois = rois.astype(np.float32)
     dout = rng.standard_normal((64, 16, 7, 7)).astype(np.float32)
     if op == "roi_align":
         args = (1 / 16, 2, True)

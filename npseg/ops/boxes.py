@@ -39,7 +39,8 @@ def _check_boxes(boxes, name: str, valid: bool = False):
     """A finite float ``(K, 4)`` array; with ``valid``, every box has ``x2 >= x1``, ``y2 >= y1``."""
     check_float_array(boxes, name, ndim=2, layout="K, 4")
     if boxes.shape[1] != 4:
-        raise ValueError(f"{name} must have shape (K, 4) (x1, y1, x2, y2), got {tuple(boxes.shape)}")
+        raise ValueError(f"{name} must have shape (K, 4) (x1, y1, x2, y2), "
+                         f"got {tuple(boxes.shape)}")
     check_finite(boxes, name)
     if valid and boxes.shape[0]:
         xp = array_module(boxes)
@@ -175,10 +176,11 @@ def _greedy_nms(boxes, scores, iou_threshold, idxs=None, block=32):
 def nms(boxes, scores, iou_threshold):
     """Non-maximum suppression.
 
-    ``boxes`` (K, 4), ``scores`` (K,) of the same float dtype. Returns ``keep``, the int64
-    indices of the kept boxes in decreasing score order. Greedy: take the highest-scoring box
-    left, keep it, drop every other box with ``IoU(kept, box) > iou_threshold``, repeat.
-    Equal scores are visited in index order (stable sort), as torchvision.
+    ``boxes`` (K, 4), ``scores`` (K,) of the same float dtype, ``iou_threshold`` in [0, 1].
+    Returns ``keep``, the int64 indices of the kept boxes in decreasing score order. Greedy:
+    take the highest-scoring box left, keep it, drop every other box with
+    ``IoU(kept, box) > iou_threshold``, repeat. Equal scores are visited in index order (stable
+    sort), as torchvision; the IoU is computed in the boxes' dtype, as torchvision.
     """
     _check_boxes(boxes, "boxes", valid=True)
     _check_scores(scores, boxes)

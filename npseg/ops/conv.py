@@ -49,9 +49,10 @@ conv2d's input gradient, cols = W^T @ x then col2im, and its backward pass uses 
 Implementation notes: the column matrices use the pitched layout of ``npseg.ops.im2col`` (each
 kernel offset one contiguous slice; a few junk columns per row of windows, dropped after the
 products). The matrix products are batched ``np.matmul`` calls, one BLAS GEMM per (image,
-group). The column matrix is the only large temporary: the backward pass rebuilds it from the
-cached x (rather than keeping it alive between forward and backward) and writes dcols into the
-same buffer. The cache keeps a reference to x, so x must not be modified before backward.
+group). The column matrix is the only large temporary, and it lives in a per-thread workspace
+reused by every call: the backward pass rebuilds it from the cached x (rather than keeping one
+per layer alive between forward and backward) and writes dcols over it. The cache keeps a
+reference to x, so x must not be modified before backward.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._checks import check_float_array, check_int, check_same_dtype, check_shape, pair
-from .im2col import _col2im_pitched, _im2col_pitched, _Pitch, _windows_count
+from .im2col import _col2im_pitched, _im2col_pitched, _Pitch, _windows_count, _workspace
 
 __all__ = ["conv2d_forward", "conv2d_backward",
            "conv_transpose2d_forward", "conv_transpose2d_backward"]
@@ -134,7 +135,6 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
     K = C_in // G * kernel[0] * kernel[1]  # rows of the column matrix of one group
     cols = _im2col_pitched(x, pitch).reshape(N, G, K, pitch.L)
     out = np.matmul(w.reshape(G, C_out // G, K), cols)  # (N, G, C_out/G, L): one GEMM per (n, g)
-    del cols
     out = _crop_and_add_bias(out.reshape(N, C_out, pitch.L), b, pitch)
     return out, (x, w, b is not None, pitch, G)
 
@@ -177,7 +177,7 @@ def _crop_and_add_bias(out_p, b, pitch):
 # ------------------------------------------------------------------------- conv_transpose2d
 
 def _transposed_output_size(x_hw, kernel, stride, padding, output_padding, dilation):
-    for k, axis in enumerate("hw"):
+    for k in range(2):
         if output_padding[k] >= max(stride[k], dilation[k]):
             raise ValueError(
                 f"output_padding must be smaller than either stride or dilation, got "
@@ -216,9 +216,10 @@ def conv_transpose2d_forward(x, w, b=None, stride=1, padding=0, output_padding=0
     K = C_out // G * kernel[0] * kernel[1]
     x_p = pitch.to_pitch(x).reshape(N, G, C_in // G, pitch.L)  # junk columns zero
     w_g = w.reshape(G, C_in // G, K)
-    cols = np.matmul(w_g.swapaxes(-1, -2), x_p)  # (N, G, K, L): cols[n, g] = W[g]^T @ x[n, g]
-    out = _col2im_pitched(cols.reshape((N, C_out) + tuple(kernel) + (pitch.L,)), pitch)
-    del cols
+    cols = _workspace((N, C_out) + tuple(kernel) + (pitch.L,), x.dtype)  # the one large buffer
+    # cols[n, g] = W[g]^T @ x[n, g]: (N, G, K, L), one GEMM per (n, g)
+    np.matmul(w_g.swapaxes(-1, -2), x_p, out=cols.reshape(N, G, K, pitch.L))
+    out = _col2im_pitched(cols, pitch)
     if b is not None:
         out += b.reshape(1, -1, 1, 1)
     return out, (x, w, b is not None, pitch, G)

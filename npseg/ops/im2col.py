@@ -24,6 +24,10 @@ single contiguous slice (see :func:`_im2col_pitched`); they are several times fa
 
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
@@ -128,7 +132,48 @@ def col2im(cols, output_size, kernel_size, stride=1, padding=0, dilation=1):
 # (d_h*p // s_h)*Wq + d_w*q // s_w. The slice copies/adds run at memory speed instead of
 # looping over short rows. The junk columns cost (Wq - W_out)/W_out extra work in the matrix
 # products (a few percent on real images) and are dropped afterwards; col2im requires them zero.
+#
+# Two more things keep the copies cheap. The image planes (n, c) are independent, so large
+# copies are split into blocks of planes run on a few threads (NumPy releases the GIL while it
+# copies; the thread count is NPSEG_NUM_THREADS, else OMP_NUM_THREADS, else the CPU count).
+# And the column matrix is written into a per-thread workspace that is reused from call to
+# call: a fresh buffer of that size costs as much in page faults as filling it.
 # --------------------------------------------------------------------------------------------
+
+
+def _num_threads() -> int:
+    for var in ("NPSEG_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(var, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return os.cpu_count() or 1
+
+
+_POOL = {"threads": 0, "executor": None}
+_LOCAL = threading.local()
+
+
+def _for_plane_blocks(work, n_planes: int, plane_size: int):
+    """Run ``work(start, stop)`` over blocks of the ``n_planes`` planes, on threads if large."""
+    threads = min(_num_threads(), n_planes)
+    if threads < 2 or n_planes * plane_size < 1 << 18:  # small: threads cost more than they save
+        work(0, n_planes)
+        return
+    if _POOL["threads"] != threads:
+        _POOL["executor"] = ThreadPoolExecutor(threads, thread_name_prefix="npseg-im2col")
+        _POOL["threads"] = threads
+    bounds = [n_planes * k // threads for k in range(threads + 1)]
+    list(_POOL["executor"].map(work, bounds[:-1], bounds[1:]))
+
+
+def _workspace(shape, dtype):
+    """An uninitialized array of ``shape``, reusing this thread's scratch memory."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    buffer = getattr(_LOCAL, "buffer", None)
+    if buffer is None or buffer.size < nbytes:
+        _LOCAL.buffer = buffer = None  # free the old one first
+        _LOCAL.buffer = buffer = np.empty(nbytes, dtype=np.uint8)
+    return buffer[:nbytes].view(dtype).reshape(shape)
 
 
 class _Pitch:
@@ -188,44 +233,45 @@ class _Pitch:
 
 
 def _split_phases(x, pitch: _Pitch):
-    """x (N, C, H, W) -> phases (N, C, s_h, s_w, (Hq + 1)*Wq): zero-padded, split by stride phase.
+    """x (P, H, W) planes -> phases (P, s_h, s_w, (Hq + 1)*Wq): zero-padded, split by phase.
 
-    phases[n, c, a, b, r*Wq + t] = xpad[n, c, s_h*r + a, s_w*t + b]; with stride 1 this is just
-    the zero padding. One copy of x in s_h*s_w strided slices.
+    phases[k, a, b, r*Wq + t] = xpad[k, s_h*r + a, s_w*t + b]; with stride 1 this is just the
+    zero padding. One copy of x in s_h*s_w strided slices.
     """
-    N, C = x.shape[:2]
     (sh, sw), Hq, Wq = pitch.stride, pitch.Hq, pitch.Wq
-    phases = np.zeros((N, C, sh, sw, Hq + 1, Wq), dtype=x.dtype)
+    phases = np.zeros((x.shape[0], sh, sw, Hq + 1, Wq), dtype=x.dtype)
     for a, b, rows, columns, x_rows, x_columns in pitch.phase_slices():
-        phases[:, :, a, b, rows, columns] = x[:, :, x_rows, x_columns]
-    return phases.reshape(N, C, sh, sw, pitch.plane)
+        phases[:, a, b, rows, columns] = x[:, x_rows, x_columns]
+    return phases.reshape(x.shape[0], sh, sw, pitch.plane)
 
 
-def _merge_phases(phases, pitch: _Pitch):
-    """Adjoint of :func:`_split_phases`: phases -> x (N, C, H, W), dropping the padding."""
-    N, C = phases.shape[:2]
+def _merge_phases(phases, pitch: _Pitch, out):
+    """Adjoint of :func:`_split_phases`: phases (P, s_h, s_w, plane) -> out (P, H, W)."""
     (sh, sw), (H, W) = pitch.stride, pitch.image_hw
-    phases = phases.reshape(N, C, sh, sw, pitch.Hq + 1, pitch.Wq)
-    x = np.zeros((N, C, H, W), dtype=phases.dtype)  # pixels no window reads keep 0
+    phases = phases.reshape(phases.shape[0], sh, sw, pitch.Hq + 1, pitch.Wq)
+    out[...] = 0  # pixels that no window reads get no gradient
     for a, b, rows, columns, x_rows, x_columns in pitch.phase_slices():
-        x[:, :, x_rows, x_columns] = phases[:, :, a, b, rows, columns]
-    return x
+        out[:, x_rows, x_columns] = phases[:, a, b, rows, columns]
 
 
-def _im2col_pitched(x, pitch: _Pitch, out=None):
-    """x (N, C, H, W) -> cols (N, C, kH, kW, Ho*Wq) in the pitched layout.
+def _im2col_pitched(x, pitch: _Pitch):
+    """x (N, C, H, W) -> cols (N, C, kH, kW, Ho*Wq) in the pitched layout, in the workspace.
 
     cols[n, c, p, q, i*Wq + j] = xpad[n, c, s_h*i + d_h*p, s_w*j + d_w*q] for j < W_out
-    (junk, finite values for j >= W_out). ``out`` may be a preallocated buffer of that shape.
+    (junk, finite values for j >= W_out). The result is overwritten by the next call.
     """
-    N, C = x.shape[:2]
+    N, C, H, W = x.shape
     kh, kw = pitch.kernel
-    phases = _split_phases(x, pitch)
-    if out is None:
-        out = np.empty((N, C, kh, kw, pitch.L), dtype=x.dtype)
-    for p, q, a, b, start in pitch.offsets():
-        out[:, :, p, q] = phases[:, :, a, b, start:start + pitch.L]
-    return out
+    cols = _workspace((N, C, kh, kw, pitch.L), x.dtype)
+    planes, cols_planes = x.reshape(N * C, H, W), cols.reshape(N * C, kh, kw, pitch.L)
+
+    def work(start, stop):
+        phases = _split_phases(planes[start:stop], pitch)
+        for p, q, a, b, offset in pitch.offsets():  # one contiguous slice per kernel offset
+            cols_planes[start:stop, p, q] = phases[:, a, b, offset:offset + pitch.L]
+
+    _for_plane_blocks(work, N * C, kh * kw * pitch.L)
+    return cols
 
 
 def _col2im_pitched(cols, pitch: _Pitch):
@@ -233,9 +279,16 @@ def _col2im_pitched(cols, pitch: _Pitch):
 
     The junk columns of ``cols`` must be zero (they would land on neighbouring pixels).
     """
-    N, C = cols.shape[:2]
-    sh, sw = pitch.stride
-    phases = np.zeros((N, C, sh, sw, pitch.plane), dtype=cols.dtype)
-    for p, q, a, b, start in pitch.offsets():
-        phases[:, :, a, b, start:start + pitch.L] += cols[:, :, p, q]
-    return _merge_phases(phases, pitch)
+    N, C, kh, kw, L = cols.shape
+    (sh, sw), (H, W) = pitch.stride, pitch.image_hw
+    x = np.empty((N, C, H, W), dtype=cols.dtype)
+    cols_planes, planes = cols.reshape(N * C, kh, kw, L), x.reshape(N * C, H, W)
+
+    def work(start, stop):
+        phases = np.zeros((stop - start, sh, sw, pitch.plane), dtype=cols.dtype)
+        for p, q, a, b, offset in pitch.offsets():  # one contiguous slice-add per offset
+            phases[:, a, b, offset:offset + L] += cols_planes[start:stop, p, q]
+        _merge_phases(phases, pitch, planes[start:stop])
+
+    _for_plane_blocks(work, N * C, kh * kw * L)
+    return x

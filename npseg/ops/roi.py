@@ -48,6 +48,8 @@ __all__ = ["roi_align_forward", "roi_align_backward", "roi_pool_forward", "roi_p
 # at most this many values are gathered at once (16 MiB of float32): bounds the memory and
 # keeps the working set in cache
 _CHUNK_ELEMENTS = 1 << 22
+# RoIAlign's backward sorts at most about this many taps at once (~50 MiB of tap lists)
+_TAPS_PER_SCATTER = 1 << 21
 
 
 # ----------------------------------------------------------------------------- argument checks
@@ -87,7 +89,8 @@ def _check_dout(dout, shape, dtype):
     check_float_array(dout, "dout", ndim=4, layout="K, C, ph, pw")
     check_shape(dout, "dout", shape)
     if dout.dtype != dtype:
-        raise TypeError(f"dout must have the dtype of the forward input ({dtype}), got {dout.dtype}")
+        raise TypeError(f"dout must have the dtype of the forward input ({dtype}), "
+                        f"got {dout.dtype}")
 
 
 def _pixel_rows(x):
@@ -257,15 +260,20 @@ def roi_align_backward(dout, cache):
     _check_dout(dout, (k, c, ph, pw), dtype)
     dplanes = np.zeros((c, n * h * w), dtype=dtype)              # dplanes[c, (n*H + y)*W + x]
     if k and c:
-        pixel, weight, source = [], [], []
+        grad = dout.transpose(1, 0, 2, 3).reshape(c, k * ph * pw)           # (C, bins)
+        pixel, weight, source, count = [], [], [], 0
         for ids, pos, wts in _align_samples(rois, shape, output_size, spatial_scale,
                                             sampling_ratio, aligned):
             bins = (ids[:, None] * (ph * pw) + np.arange(ph * pw)).reshape(-1)  # (k, i, j) order
             pixel.append(pos.reshape(-1))
             weight.append(wts.reshape(-1))
             source.append(np.repeat(bins, pos.shape[1]))
+            count += pos.size
+            if count >= _TAPS_PER_SCATTER:            # bound the memory of the tap lists
+                _scatter_add_columns(dplanes, np.concatenate(pixel), np.concatenate(weight),
+                                     np.concatenate(source), grad)
+                pixel, weight, source, count = [], [], [], 0
         if pixel:
-            grad = dout.transpose(1, 0, 2, 3).reshape(c, k * ph * pw)           # (C, bins)
             _scatter_add_columns(dplanes, np.concatenate(pixel), np.concatenate(weight),
                                  np.concatenate(source), grad)
     dx = np.ascontiguousarray(dplanes.reshape(c, n, h, w).transpose(1, 0, 2, 3))
@@ -319,8 +327,10 @@ def roi_pool_forward(x, rois, output_size, spatial_scale=1.0):
     ph, pw = output_size
     k = rois.shape[0]
     out = np.zeros((k, c, ph, pw), dtype=x.dtype)
-    # the pixel row (n*H + y)*W + x of each maximum; -1: empty bin, no gradient
-    argmax = np.full((k, c, ph, pw), -1, dtype=np.int64)
+    # where each maximum came from, as the flat index pixel * C + c of the channels-last map
+    # (pixel = (n*H + y)*W + x); N*H*W*C (one past the end) for an empty bin: no gradient
+    slot = n * h * w * c
+    argmax = np.full((k, c, ph, pw), slot, dtype=np.int64)
     if k and c:
         outside = n * h * w                                  # the row of -inf
         rows = np.empty((outside + 1, c), dtype=x.dtype)
@@ -350,11 +360,12 @@ def roi_pool_forward(x, rois, output_size, spatial_scale=1.0):
                 first = size - ((vals == best[:, None, :]) * rank[:, None]).max(axis=1)
                 first = np.minimum(first, size - 1)                  # (NaN in x only)
                 pixel = np.take_along_axis(pos, first, axis=1)       # (bins, C)
+                source = pixel * c + np.arange(c)
                 empty = pixel == outside                             # empty bin (or NaN)
                 if empty.any():
-                    best[empty], pixel[empty] = 0, -1
+                    best[empty], source[empty] = 0, slot
                 out[ids] = best.reshape(m, ph, pw, c).transpose(0, 3, 1, 2)
-                argmax[ids] = pixel.reshape(m, ph, pw, c).transpose(0, 3, 1, 2)
+                argmax[ids] = source.reshape(m, ph, pw, c).transpose(0, 3, 1, 2)
     return out, (x.shape, x.dtype, argmax)
 
 
@@ -364,15 +375,13 @@ def roi_pool_backward(dout, cache):
         dx[n_k, c, y, x] += dout[k, c, i, j]   for (y, x) = argmax of bin (k, c, i, j)
 
     (nothing for an empty bin). ``dout`` (K, C, ph, pw). Returns ``(dx,)``, summed with
-    ``np.bincount`` over the flat index ``pixel * C + c`` of the channels-last map
-    (deterministic); empty bins are sent to one extra slot that is dropped.
+    ``np.bincount`` over the cached flat indices into the channels-last map (deterministic);
+    empty bins point one past the end, a slot that is dropped.
     """
     shape, dtype, argmax = cache
     n, c, h, w = shape
     _check_dout(dout, argmax.shape, dtype)
     size = n * h * w * c
-    channel = np.arange(c).reshape(1, c, 1, 1)
-    index = np.where(argmax >= 0, argmax * c + channel, size)
-    dx = np.bincount(index.reshape(-1), weights=dout.reshape(-1), minlength=size + 1)[:size]
+    dx = np.bincount(argmax.reshape(-1), weights=dout.reshape(-1), minlength=size + 1)[:size]
     dx = dx.astype(dtype, copy=False).reshape(n, h, w, c).transpose(0, 3, 1, 2)
     return (np.ascontiguousarray(dx),)
