@@ -23,7 +23,6 @@ Two layouts, both returning the input's size for any input size:
 
 from __future__ import annotations
 
-from npseg import functional as F
 from npseg import nn
 
 from .resnet import ResNet

@@ -8,7 +8,6 @@ feature maps ``C1``..``C5`` at strides 2, 4, 8, 16, 32 (FCN calls C3, C4, C5 ``p
 
 from __future__ import annotations
 
-from npseg import functional as F
 from npseg import nn
 
 __all__ = ["VGG16", "VGG16_STAGES"]

@@ -117,6 +117,15 @@ def check_shape(x, name: str, shape: tuple):
     return x
 
 
+def check_dout(dout, shape: tuple, dtype):
+    """``dout``, the upstream gradient of a backward, has the forward output's shape and dtype."""
+    check_float_array(dout, "dout")
+    check_shape(dout, "dout", shape)
+    if dout.dtype != dtype:
+        raise TypeError(f"dout must have the dtype of the forward's output ({dtype}), got {dout.dtype}")
+    return dout
+
+
 def check_finite(x, name: str):
     """No NaN or inf in ``x`` (boxes, RoIs, targets)."""
     xp = array_module(x)
@@ -134,9 +143,13 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation
     """Output length of a sliding window (PyTorch's rule, ``ceil_mode`` included).
 
     out = floor((size + 2p - d(k - 1) - 1) / s) + 1, or ceil(...) + 1 with ``ceil_mode``;
-    with ``ceil_mode`` the last window must start inside the input or its left padding.
+    with ``ceil_mode`` the last window must start inside the input or its left padding, and a
+    (dilated) kernel slightly longer than the padded input, -s < span < 0, still gets one window
+    (it runs past the padded border).
     """
     span = size + 2 * padding - dilation * (kernel - 1) - 1
+    if ceil_mode and -stride < span < 0:
+        return 1
     if span < 0:
         return 0
     if ceil_mode:

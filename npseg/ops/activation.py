@@ -16,7 +16,7 @@ ReLU, ``a`` for leaky ReLU), as in PyTorch.
 from __future__ import annotations
 
 from npseg._device import array_module
-from npseg.ops._checks import check_float_array, check_number, check_shape
+from npseg.ops._checks import check_dout, check_float_array, check_number
 
 __all__ = [
     "relu_forward", "relu_backward",
@@ -24,15 +24,6 @@ __all__ = [
     "sigmoid_forward", "sigmoid_backward",
     "tanh_forward", "tanh_backward",
 ]
-
-
-def _check_dout(dout, shape, dtype):
-    """``dout`` is a float array with the forward output's ``shape`` and ``dtype``."""
-    check_float_array(dout, "dout")
-    check_shape(dout, "dout", shape)
-    if dout.dtype != dtype:
-        raise TypeError(f"dout must have the dtype of the forward's output ({dtype}), "
-                        f"got {dout.dtype}")
 
 
 def _sigmoid(x):
@@ -58,7 +49,7 @@ def relu_forward(x):
 def relu_backward(dout, cache):
     """dx = dout where x > 0, else 0. Returns ``(dx,)``."""
     positive, dtype = cache
-    _check_dout(dout, positive.shape, dtype)
+    check_dout(dout, positive.shape, dtype)
     return (dout * positive,)
 
 
@@ -77,7 +68,7 @@ def leaky_relu_forward(x, negative_slope=0.01):
 def leaky_relu_backward(dout, cache):
     """dx = dout where x > 0, else negative_slope * dout. Returns ``(dx,)``."""
     positive, negative_slope, dtype = cache
-    _check_dout(dout, positive.shape, dtype)
+    check_dout(dout, positive.shape, dtype)
     xp = array_module(dout)
     return (xp.where(positive, dout, dout * negative_slope),)
 
@@ -94,7 +85,7 @@ def sigmoid_forward(x):
 def sigmoid_backward(dout, cache):
     """dx = dout * y * (1 - y) with y = sigmoid(x). Returns ``(dx,)``."""
     y = cache
-    _check_dout(dout, y.shape, y.dtype)
+    check_dout(dout, y.shape, y.dtype)
     return (dout * y * (1 - y),)
 
 
@@ -111,5 +102,5 @@ def tanh_forward(x):
 def tanh_backward(dout, cache):
     """dx = dout * (1 - y^2) with y = tanh(x). Returns ``(dx,)``."""
     y = cache
-    _check_dout(dout, y.shape, y.dtype)
+    check_dout(dout, y.shape, y.dtype)
     return (dout * (1 - y * y),)

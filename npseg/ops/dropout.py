@@ -19,7 +19,7 @@ from __future__ import annotations
 import types
 
 from npseg.ops._checks import check_bool, check_float_array, check_number
-from npseg.ops.activation import _check_dout
+from npseg.ops._checks import check_dout
 
 __all__ = ["dropout_forward", "dropout_backward"]
 
@@ -56,7 +56,7 @@ def dropout_forward(x, p, training, rng):
 def dropout_backward(dout, cache):
     """dx = dout * keep / (1 - p) (dx = dout for the identity). Returns ``(dx,)``."""
     keep, scale, shape, dtype = cache
-    _check_dout(dout, shape, dtype)
+    check_dout(dout, shape, dtype)
     if keep is None:
         return (dout.copy(),)
     return (dout * keep * scale,)

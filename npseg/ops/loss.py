@@ -23,7 +23,8 @@ import numpy as np
 from npseg._device import array_module
 from npseg.ops._checks import (check_float_array, check_int, check_int_array, check_number,
                                check_reduction, check_same_dtype, check_shape)
-from npseg.ops.activation import _check_dout, _sigmoid
+from npseg.ops._checks import check_dout
+from npseg.ops.activation import _sigmoid
 
 __all__ = [
     "cross_entropy_forward", "cross_entropy_backward",
@@ -47,7 +48,7 @@ def _reduce(loss, reduction: str):
 
 def _check_loss_dout(dout, reduction: str, shape, dtype):
     """``dout`` has the forward output's shape: ``shape`` for "none", () otherwise."""
-    _check_dout(dout, shape if reduction == "none" else (), dtype)
+    check_dout(dout, shape if reduction == "none" else (), dtype)
 
 
 def _upstream(dout, reduction: str, count: int):

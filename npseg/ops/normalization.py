@@ -29,7 +29,7 @@ import numpy as np
 
 from npseg.ops._checks import (check_bool, check_float_array, check_number, check_same_dtype,
                                check_shape)
-from npseg.ops.activation import _check_dout
+from npseg.ops._checks import check_dout
 
 __all__ = ["batch_norm_forward", "batch_norm_backward"]
 
@@ -128,7 +128,7 @@ def batch_norm_backward(dout, cache):
     In evaluation mu and sigma are the running statistics, constants, and x -> y is affine.
     """
     x_hat, gamma, inv_sigma, batch_stats = cache
-    _check_dout(dout, x_hat.shape, x_hat.dtype)
+    check_dout(dout, x_hat.shape, x_hat.dtype)
     ndim = x_hat.ndim
     dbeta = dout.sum(axis=_channel_axes(dout))
     dgamma = _channel_dot(dout, x_hat)

@@ -51,7 +51,7 @@ def _geometry(x, kernel_size, stride, padding, dilation, ceil_mode):
         raise ValueError(f"padding must be at most half of kernel_size (PyTorch's rule), got "
                          f"padding={padding!r} with kernel_size={kernel_size!r}")
     size = tuple(x.shape[2:])
-    out = tuple(_output_size(size[a], k[a], s[a], p[a], d[a], ceil_mode) for a in (0, 1))
+    out = tuple(conv_output_size(size[a], k[a], s[a], p[a], d[a], ceil_mode) for a in (0, 1))
     if min(out) < 1:
         raise ValueError(f"kernel_size={kernel_size!r} (dilation={dilation!r}, "
                          f"padding={padding!r}) does not fit in the input of spatial size {size}: "
@@ -71,16 +71,6 @@ def _geometry(x, kernel_size, stride, padding, dilation, ceil_mode):
     extent = tuple((out[a] - 1) * s[a] + d[a] * (k[a] - 1) + 1 for a in (0, 1))
     high = tuple(max(0, extent[a] - size[a] - p[a]) for a in (0, 1))
     return dict(size=size, out=out, k=k, s=s, p=p, d=d, high=high, first=tuple(first))
-
-
-def _output_size(size, k, s, p, d, ceil_mode):
-    """PyTorch's pooling output length. :func:`conv_output_size` gives it, except for one corner:
-    with ceil_mode, a (dilated) kernel slightly longer than the padded input still gets one
-    window, ceil(span / s) + 1 = 1 for -s < span < 0 (it then runs past the padded border)."""
-    span = size + 2 * p - d * (k - 1) - 1
-    if ceil_mode and -s < span < 0:
-        return 1
-    return conv_output_size(size, k, s, p, d, ceil_mode)
 
 
 def _taps(out, k, s, p, d):

@@ -40,8 +40,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from npseg.ops._checks import (check_bool, check_finite, check_float_array, check_int,
-                               check_number, check_same_dtype, check_shape, pair)
+from npseg.ops._checks import (check_bool, check_dout, check_finite, check_float_array, check_int,
+                               check_number, check_same_dtype, pair)
 
 __all__ = ["roi_align_forward", "roi_align_backward", "roi_pool_forward", "roi_pool_backward"]
 
@@ -83,14 +83,6 @@ def _check_rois(x, rois):
         k = int(np.argmax(bad))
         raise ValueError(f"rois must have x2 >= x1 and y2 >= y1, got roi {k}: "
                          f"{[float(v) for v in rois[k]]}")
-
-
-def _check_dout(dout, shape, dtype):
-    check_float_array(dout, "dout", ndim=4, layout="K, C, ph, pw")
-    check_shape(dout, "dout", shape)
-    if dout.dtype != dtype:
-        raise TypeError(f"dout must have the dtype of the forward input ({dtype}), "
-                        f"got {dout.dtype}")
 
 
 def _pixel_rows(x):
@@ -257,7 +249,7 @@ def roi_align_backward(dout, cache):
     n, c, h, w = shape
     ph, pw = output_size
     k = rois.shape[0]
-    _check_dout(dout, (k, c, ph, pw), dtype)
+    check_dout(dout, (k, c, ph, pw), dtype)
     dplanes = np.zeros((c, n * h * w), dtype=dtype)              # dplanes[c, (n*H + y)*W + x]
     if k and c:
         grad = dout.transpose(1, 0, 2, 3).reshape(c, k * ph * pw)           # (C, bins)
@@ -380,7 +372,7 @@ def roi_pool_backward(dout, cache):
     """
     shape, dtype, argmax = cache
     n, c, h, w = shape
-    _check_dout(dout, argmax.shape, dtype)
+    check_dout(dout, argmax.shape, dtype)
     size = n * h * w * c
     dx = np.bincount(argmax.reshape(-1), weights=dout.reshape(-1), minlength=size + 1)[:size]
     dx = dx.astype(dtype, copy=False).reshape(n, h, w, c).transpose(0, 3, 1, 2)
