@@ -47,7 +47,8 @@ from npseg import checkpoint, optim  # noqa: E402
 from npseg.autograd import Tensor  # noqa: E402
 from npseg.data import DataLoader, ShapesDataset  # noqa: E402
 from npseg.models.maskrcnn import MaskRCNN  # noqa: E402
-from npseg.train.instance import evaluate_instances, instance_loss_names, predict_instances  # noqa: E402
+from npseg.train.instance import (evaluate_instances, instance_loss_names,  # noqa: E402
+                                  predict_instances)
 
 
 def main():

@@ -121,8 +121,9 @@ def draw(path, x, box, align, pool):
     # exact bins (green) and RoIAlign's 2 x 2 sampling points per bin (blue)
     bw, bh = (x2 - x1) / BINS, (y2 - y1) / BINS
     for q in range(BINS + 1):
-        draw_map.line([(x1 + q * bw) * px, y1 * px, (x1 + q * bw) * px, y2 * px], fill=(40, 200, 40))
-        draw_map.line([x1 * px, (y1 + q * bh) * px, x2 * px, (y1 + q * bh) * px], fill=(40, 200, 40))
+        green = (40, 200, 40)
+        draw_map.line([(x1 + q * bw) * px, y1 * px, (x1 + q * bw) * px, y2 * px], fill=green)
+        draw_map.line([x1 * px, (y1 + q * bh) * px, x2 * px, (y1 + q * bh) * px], fill=green)
     for p in range(BINS):
         for q in range(BINS):
             for iy in range(2):
@@ -132,7 +133,8 @@ def draw(path, x, box, align, pool):
                     draw_map.ellipse([sx - 1.5, sy - 1.5, sx + 1.5, sy + 1.5], fill=(60, 90, 255))
     mean, peak = exact_bins(box, "mean"), exact_bins(box, "max")
     tile = 24
-    panels = [("exact mean", mean), ("RoIAlign", align), ("|RoIAlign - exact|", np.abs(align - mean)),
+    panels = [("exact mean", mean), ("RoIAlign", align),
+              ("|RoIAlign - exact|", np.abs(align - mean)),
               ("exact max", peak), ("RoIPool", pool), ("|RoIPool - exact|", np.abs(pool - peak))]
     worst = max(float(np.abs(align - mean).max()), float(np.abs(pool - peak).max()), 1e-12)
     side = Image.new("RGB", (2 * (BINS * tile + 10) + 10, 3 * (BINS * tile + 22) + 10), "white")

@@ -336,6 +336,154 @@ def smooth_l1_inputs(dtype):
     return build()
 
 
+# --- detection --------------------------------------------------------------------------------
+
+def _boxes(rng, k, dtype, integer=False, zero_size=0.0, extent=40.0):
+    """``k`` boxes in an ``extent``-pixel square, in clusters of boxes of similar place and size
+    (many IoUs around 0.5); a share ``zero_size`` of zero width and height; ``integer``: whole
+    coordinates (exact IoU ties)."""
+    groups = max(k // 6, 1)
+    member = rng.integers(0, groups, k)
+    centre = rng.uniform(0.1, 0.9, (groups, 2))[member] * extent
+    centre = centre + rng.normal(0, extent / 60, (k, 2))
+    size = rng.uniform(2.0, extent / 3, (groups, 2))[member] * rng.uniform(0.75, 1.3, (k, 2))
+    size = size * (rng.random((k, 1)) >= zero_size)
+    boxes = np.concatenate([centre - size / 2, centre + size / 2], axis=1)
+    if integer:
+        boxes = np.round(boxes)
+    return boxes.astype(dtype)
+
+
+def _bad_boxes(draw, rng, boxes):
+    """Sometimes spoil ``boxes`` (NaN, x2 < x1) so both devices must refuse them alike."""
+    bad = draw(pick(None, None, None, None, None, None, "nan", "order"))
+    if bad and boxes.shape[0]:
+        boxes = boxes.copy()
+        k = int(rng.integers(0, boxes.shape[0]))
+        if bad == "nan":
+            boxes[k, 1] = np.nan
+        else:
+            boxes[k, 2] = boxes[k, 0] - 1
+    return boxes
+
+
+def roi_inputs(dtype, align: bool):
+    """A tiny map and a few RoIs around (and partly outside) it, in image pixels: integer
+    corners (bins and samples on pixel boundaries) or not, zero-size RoIs, both batch items.
+    Sometimes the first RoI straddles a corner of the map so that, with one sample per bin,
+    RoIAlign samples lie exactly on its bounds -1 and H (W); RoIPool gets tied values."""
+    @st.composite
+    def build(draw):
+        rng = np.random.default_rng(draw(seeds))
+        n, c = draw(pick(2, 1)), draw(pick(2, 1, 3, 2, 1, 0))
+        h, w = draw(pick(5, 4, 3, 1)), draw(pick(6, 3, 1, 4))
+        x = _values(rng, (n, c, h, w), dtype, ties=not align and draw(pick(True, False)))
+        scale = draw(pick(1.0, 0.5, 0.25, 2.0))
+        k = draw(pick(3, 2, 1, 3, 2, 0))
+        start = rng.uniform(-0.3, 1.0, (k, 2)) * (w / scale, h / scale)
+        size = rng.uniform(0.0, 0.9, (k, 2)) * (w / scale, h / scale)
+        size[rng.random(k) < 0.15] = 0.0
+        corners = np.concatenate([start, start + size], axis=1)
+        if draw(pick(False, True)):
+            corners = np.floor(corners)
+        edge = k > 0 and draw(pick(False, True, False))
+        if edge:   # one sample per 2-pixel bin: samples at -1 and 1, or at W (H) and W + 2
+            corners[0] = ([-2, -2, 2, 2] if draw(st.booleans())
+                          else [w - 1, h - 1, w + 3, h + 3]) / np.float64(scale)
+        rois = np.concatenate([rng.integers(0, n, (k, 1)), corners], axis=1).astype(dtype)
+        bad = draw(pick(None, None, None, None, "batch", "nan", "order"))
+        if bad and k:
+            rois[-1, {"batch": 0, "nan": 2, "order": 3}[bad]] = {
+                "batch": n, "nan": np.nan, "order": rois[-1, 1] - 1}[bad]
+        size = (2, 2) if edge else draw(pick((2, 2), 2, (1, 3), (3, 2)))
+        kwargs = dict(spatial_scale=scale)
+        if align:
+            kwargs.update(sampling_ratio=1 if edge else draw(pick(-1, 2, 0, 1)),
+                          aligned=False if edge else draw(pick(False, True)))
+        return _call(draw, (x, rois, size), kwargs)
+    return build()
+
+
+def box_iou_inputs(dtype):
+    @st.composite
+    def build(draw):
+        rng = np.random.default_rng(draw(seeds))
+        integer = draw(pick(False, True))
+        a = _boxes(rng, draw(pick(5, 0, 1, 7)), dtype, integer, zero_size=0.2)
+        b = _boxes(rng, draw(pick(4, 1, 0, 6)), dtype, integer, zero_size=0.2)
+        return _call(draw, (_bad_boxes(draw, rng, a), b))
+    return build()
+
+
+def nms_inputs(dtype, batched: bool):
+    """Clustered boxes (some of zero size, integer corners), scores with ties; up to 70 boxes,
+    past one 64-box mask word. The threshold is often exactly the IoU of the best box with
+    another box of its label (the best box is always kept, so that pair decides: kept at
+    ``IoU == threshold``, dropped above; in float32 the rounded IoU meets a float64 threshold)."""
+    @st.composite
+    def build(draw):
+        rng = np.random.default_rng(draw(seeds))
+        k = draw(pick(12, 70, 0, 5, 1, 70))
+        integer = draw(pick(True, False))
+        boxes = _bad_boxes(draw, rng, _boxes(rng, k, dtype, integer, zero_size=0.1))
+        scores = np.round(rng.random(k), draw(pick(8, 1))).astype(dtype)
+        idxs = rng.integers(0, draw(pick(3, 1, 2)), k).astype(draw(pick(np.int64, np.int32)))
+        threshold = draw(pick("tie", 0.5, "tie", 0.0, 0.3, 0.7, 1.0))
+        if threshold == "tie":
+            threshold = 0.5
+            if k > 1 and np.isfinite(boxes).all():
+                best = int(np.argsort(-scores, kind="stable")[0])
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    iou = _iou64(boxes)[best]
+                same = (idxs == idxs[best]) if batched else np.ones(k, bool)
+                candidates = np.flatnonzero(np.isfinite(iou) & (iou > 0) & same
+                                            & (np.arange(k) != best))
+                if candidates.size:
+                    threshold = float(iou[rng.choice(candidates)])
+        if not batched:
+            return _call(draw, (boxes, scores, threshold))
+        return _call(draw, (boxes, scores, idxs, threshold))
+    return build()
+
+
+def _iou64(boxes):
+    """Every pairwise IoU of ``boxes`` in float64, by the definition (for thresholds)."""
+    b = boxes.astype(np.float64)
+    w = np.minimum(b[:, None, 2], b[None, :, 2]) - np.maximum(b[:, None, 0], b[None, :, 0])
+    h = np.minimum(b[:, None, 3], b[None, :, 3]) - np.maximum(b[:, None, 1], b[None, :, 1])
+    inter = np.clip(w, 0, None) * np.clip(h, 0, None)
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / (area[:, None] + area[None, :] - inter)
+
+
+_WEIGHTS = ((1.0, 1.0, 1.0, 1.0), (10.0, 10.0, 5.0, 5.0), (2.0, 3.0, 0.5, 1.5))
+
+
+def encode_inputs(dtype):
+    @st.composite
+    def build(draw):
+        rng = np.random.default_rng(draw(seeds))
+        k = draw(pick(6, 0, 1))
+        reference = _boxes(rng, k, dtype)
+        proposals = _boxes(rng, k, dtype)
+        return _call(draw, (_bad_boxes(draw, rng, reference), proposals, draw(pick(*_WEIGHTS))))
+    return build()
+
+
+def decode_inputs(dtype):
+    @st.composite
+    def build(draw):
+        rng = np.random.default_rng(draw(seeds))
+        k, classes = draw(pick(6, 0, 1)), draw(pick(1, 3))
+        boxes = _bad_boxes(draw, rng, _boxes(rng, k, dtype, zero_size=0.1))
+        deltas = (rng.standard_normal((k, 4 * classes)) * draw(pick(1.0, 20.0))).astype(dtype)
+        kwargs = {}
+        if draw(pick(False, True)):
+            kwargs["scale_clamp"] = draw(pick(2.0, 0.5))
+        return _call(draw, (deltas, boxes, draw(pick(*_WEIGHTS))), kwargs)
+    return build()
+
+
 REGISTRY = {
     # convolutions
     "conv2d": Case(conv2d_inputs),
@@ -362,6 +510,12 @@ REGISTRY = {
     "cross_entropy": Case(cross_entropy_inputs),
     "binary_cross_entropy_with_logits": Case(bce_inputs),
     "smooth_l1_loss": Case(smooth_l1_inputs),
-    # detection (roi_align, roi_pool, nms, batched_nms, box_iou, encode_boxes, decode_boxes):
-    # their cases come with their GPU twins; until then the coverage tests fail for them.
+    # detection
+    "roi_align": Case(lambda dtype: roi_inputs(dtype, align=True)),
+    "roi_pool": Case(lambda dtype: roi_inputs(dtype, align=False)),
+    "box_iou": Case(box_iou_inputs, kind="function"),
+    "nms": Case(lambda dtype: nms_inputs(dtype, batched=False), kind="function"),
+    "batched_nms": Case(lambda dtype: nms_inputs(dtype, batched=True), kind="function"),
+    "encode_boxes": Case(encode_inputs, kind="function"),
+    "decode_boxes": Case(decode_inputs, kind="function"),
 }

@@ -111,3 +111,47 @@ def test_ctrl_c_then_resume_equals_an_uninterrupted_run(tmp_path, stop_at):
     hist_b = json.loads((cut / "metrics.json").read_text())["epochs"]
     assert [h["miou"] for h in hist_a] == [h["miou"] for h in hist_b]
     assert [h["loss"] for h in hist_a] == [h["loss"] for h in hist_b]
+
+
+def _maskrcnn_config(**overrides):
+    values = dict(epochs=1, batch_size=2, image_size=64, train_size=4, val_size=2,
+                  num_predictions=1, model_config={"config": "tiny"})
+    values.update(overrides)
+    return TrainConfig.for_model("maskrcnn", **values)
+
+
+def test_maskrcnn_train_evaluate_predict(tmp_path, capsys):
+    out = tmp_path / "mrcnn"
+    metrics = train(_maskrcnn_config(), str(out), progress=False)
+    for key in ("bbox_AP", "bbox_AP50", "segm_AP", "segm_AP50", "loss_rpn_objectness",
+                "loss_rpn_box", "loss_cls", "loss_box", "loss_mask", "loss", "seconds"):
+        assert key in metrics and key in metrics["epochs"][0], key
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["segm_AP50"] == metrics["segm_AP50"]
+    _, meta = checkpoint.load(out / "last.npz")
+    assert isinstance(meta["user"]["config"]["model_config"]["config"], dict)  # full config stored
+    capsys.readouterr()
+    assert main(["evaluate", str(out / "last.npz")]) == 0
+    assert json.loads(capsys.readouterr().out)["segm_AP50"] == pytest.approx(metrics["segm_AP50"])
+    image = tmp_path / "img.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(image)
+    assert main(["predict", str(out / "last.npz"), str(image), "--out", str(tmp_path / "p")]) == 0
+    assert (tmp_path / "p" / "img_pred.png").is_file()
+
+
+def test_maskrcnn_resume_is_bit_exact(tmp_path):
+    config = lambda: _maskrcnn_config(epochs=2, train_size=4)  # noqa: E731
+    whole = tmp_path / "whole"
+    train(config(), str(whole), progress=False)
+
+    def interrupt(epoch, step, logs):
+        if (epoch, step) == (0, 0):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        train(config(), str(cut), progress=False, on_step=interrupt)
+    train(out_dir=str(cut), resume=str(cut / "last.npz"), progress=False)
+    a, b = _params(whole / "last.npz"), _params(cut / "last.npz")
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)

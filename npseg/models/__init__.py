@@ -7,13 +7,16 @@ the config are what a checkpoint stores, so ``npseg evaluate``/``predict`` rebui
 from __future__ import annotations
 
 from .fcn import FCN
+from .fpn import FPN
+from .maskrcnn import MaskRCNN
+from .maskrcnn_config import MaskRCNNConfig
 from .resnet import BasicBlock, Bottleneck, ResNet
 from .segnet import SegNet
 from .unet import UNet
 from .vgg import VGG16
 
-__all__ = ["VGG16", "ResNet", "BasicBlock", "Bottleneck", "FCN", "UNet", "SegNet",
-           "MODELS", "build_model"]
+__all__ = ["VGG16", "ResNet", "BasicBlock", "Bottleneck", "FCN", "UNet", "SegNet", "FPN",
+           "MaskRCNN", "MaskRCNNConfig", "MODELS", "build_model"]
 
 #: command-line name -> (class, fixed keyword arguments)
 MODELS = {
@@ -23,6 +26,7 @@ MODELS = {
     "unet": (UNet, {"padding": "same"}),
     "unet-valid": (UNet, {"padding": "valid"}),
     "segnet": (SegNet, {}),
+    "maskrcnn": (MaskRCNN, {}),  # num_classes counts foreground classes only
 }
 
 

@@ -167,7 +167,9 @@ class MaskRCNN(nn.Module):
     # --- forward ------------------------------------------------------------------------------
     def forward(self, images, targets=None, proposals=None, rng=None):
         if not isinstance(images, Tensor):
-            images = Tensor(np.asarray(images, dtype=np.float32))
+            first = next(self.parameters())
+            images = Tensor(to_device(np.asarray(_host(images), dtype=first.dtype), first.device),
+                            device=first.device)
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (N, 3, H, W), got shape {images.shape}")
         batch = images.shape[0]

@@ -125,7 +125,8 @@ class MaskRCNNConfig:
                     raise ValueError(f"{name} must hold positive numbers, got {v!r}")
 
         if self.backbone_depth not in (18, 34, 50, 101):
-            raise ValueError(f"backbone_depth must be 18, 34, 50 or 101, got {self.backbone_depth!r}")
+            raise ValueError(f"backbone_depth must be 18, 34, 50 or 101, "
+                             f"got {self.backbone_depth!r}")
         number("backbone_width", 0, None, low_open=True)
         if self.backbone_blocks is not None:
             numbers_tuple("backbone_blocks", 4)

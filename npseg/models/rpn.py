@@ -196,6 +196,5 @@ class RPN(nn.Module):
         return {"loss_rpn_objectness": loss_obj, "loss_rpn_box": loss_box}
 
 
-
 def _concat(arrays):
     return array_module(arrays[0]).concatenate(arrays, axis=0)

@@ -10,9 +10,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-__all__ = ["TrainConfig", "PRESETS", "SEMANTIC_MODELS"]
+__all__ = ["TrainConfig", "PRESETS"]
 
-SEMANTIC_MODELS = ("fcn32s", "fcn16s", "fcn8s", "unet", "unet-valid", "segnet")
 
 _FCN_SMALL = dict(width=0.25, batch_norm=True, head_channels=128, dropout=0.1)
 
@@ -24,6 +23,9 @@ PRESETS = {
     "fcn16s": dict(model_config=_FCN_SMALL, epochs=16, lr=3e-3),
     "fcn8s": dict(model_config=_FCN_SMALL, epochs=16, lr=3e-3),
     "segnet": dict(model_config=dict(width=0.125, depth=4), epochs=12, lr=3e-3),
+    # Mask R-CNN: MaskRCNNConfig.shapes() (a small ResNet-FPN for 128x128 images)
+    "maskrcnn": dict(model_config=dict(config="shapes"), epochs=8, batch_size=4, image_size=128,
+                     lr=1e-3, train_size=1000, val_size=100),
 }
 
 

@@ -22,7 +22,8 @@ from npseg.data.loader import DataLoader
 from npseg.metrics.coco_eval import evaluate_detections, to_coco_results
 from npseg.models.maskrcnn_config import LOSS_NAMES
 
-__all__ = ["evaluate_instances", "predict_instances", "instance_loss_names"]
+__all__ = ["evaluate_instances", "predict_instances", "instance_loss_names", "InstanceTask",
+           "build_instance_run", "build_instance_datasets"]
 
 #: the loss keys a Mask R-CNN returns in training mode (their sum is the objective)
 instance_loss_names = LOSS_NAMES
@@ -106,3 +107,90 @@ class _Subset:
         sample = self.dataset[self.indices[i]]
         sample.setdefault("image_id", self.indices[i])
         return sample
+
+
+# --------------------------------------------------------------------------- the training task
+
+def build_instance_datasets(config, split: str | None = None):
+    """Shapes data with instances for Mask R-CNN: ``(train, val, transform)``, or
+    ``(dataset, None, None)`` for one ``split``."""
+    from npseg.data.shapes import ShapesDataset
+    from npseg.data.transforms import RandomHorizontalFlip
+
+    if config.data != "shapes":
+        raise ValueError(f"maskrcnn trains on --data shapes only for now, got {config.data!r}")
+    sizes = {"train": config.train_size, "val": config.val_size, "test": config.val_size}
+    make = lambda s: ShapesDataset(s, size=sizes[s], image_size=config.image_size,  # noqa: E731
+                                   seed=config.seed)
+    if split is not None:
+        return make(split)
+    return make("train"), make("val"), RandomHorizontalFlip(0.5)
+
+
+def build_instance_run(config):
+    """``(model, task, train, val, transform)`` for ``npseg train maskrcnn``.
+
+    ``config.model_config["config"]`` is a preset name or a full :class:`MaskRCNNConfig` dict;
+    it is replaced by the full dict, so a checkpoint rebuilds the same model even if a preset
+    changes later.
+    """
+    from npseg.models import build_model
+
+    train_set, val_set, transform = build_instance_datasets(config)
+    model = build_model("maskrcnn", train_set.num_classes - 1, **config.model_config)
+    config.model_config = dict(config.model_config, config=model.config.to_dict())
+    task = InstanceTask(train_set.num_classes, train_set.class_names, config.device)
+    return model, task, train_set, val_set, transform
+
+
+class InstanceTask:
+    """The sum of Mask R-CNN's five losses; scored by validation mask AP50 (COCO-style)."""
+
+    kind = "instance"
+    score_name = "segm_AP50"
+
+    def __init__(self, num_classes: int, class_names=None, device: str = "cpu"):
+        self.num_classes = num_classes
+        self.class_names = list(class_names) if class_names is not None else None
+        self.device = device
+
+    def loss(self, model, batch):
+        images = Tensor(to_device(batch["images"], self.device), device=self.device)
+        losses = model(images, batch["instances"])
+        total = sum(losses.values())
+        logs = {name: float(value.data) for name, value in losses.items()}
+        logs["loss"] = float(total.data)
+        return total, logs
+
+    def evaluate(self, model, loader) -> dict:
+        return evaluate_instances(model, loader.dataset, batch_size=loader.batch_size)
+
+    def evaluate_dataset(self, model, dataset) -> dict:
+        return evaluate_instances(model, dataset)
+
+    def write_predictions(self, model, dataset, out_dir: str, count: int) -> list:
+        """``truth | prediction`` pictures (boxes, labels, scores, coloured masks) as PNG."""
+        import os
+
+        from .visualize import draw_instances, side_by_side
+
+        os.makedirs(out_dir, exist_ok=True)
+        paths = []
+        for i in range(min(count, len(dataset))):
+            sample = dataset[i]
+            det = predict_instances(model, sample["image"][None])[0]
+            truth = draw_instances(sample["image"], sample["boxes"], sample["labels"],
+                                   masks=sample["masks"], class_names=self.class_names)
+            pred = draw_instances(sample["image"], det["boxes"], det["labels"], det["scores"],
+                                  det["masks"], class_names=self.class_names)
+            path = os.path.join(out_dir, f"{i:03d}.png")
+            side_by_side([np.asarray(truth), np.asarray(pred)]).save(path)
+            paths.append(path)
+        return paths
+
+    def render(self, model, image):
+        from .visualize import draw_instances
+
+        det = predict_instances(model, image[None].astype(np.float32))[0]
+        return draw_instances(image, det["boxes"], det["labels"], det["scores"], det["masks"],
+                              class_names=self.class_names)

@@ -145,18 +145,18 @@ def train(config: TrainConfig | None = None, out_dir: str = "runs/out", resume: 
     val_loader = DataLoader(val_set, config.batch_size if same_size else 1, shuffle=False)
     optimizer, scheduler = _optimizer(model, config, len(loader))
 
-    history, best = [], None
-    start_epoch, start_step, loss_sum, loss_count, seconds = 0, 0, 0.0, 0, 0.0
+    # log_sums: the sums of this epoch's logged losses so far (their means go to metrics.json)
+    history, best, log_sums = [], None, {}
+    start_epoch, start_step, seconds = 0, 0, 0.0
     if state is not None:
         checkpoint.unpack_training_state(arrays, meta, model, optimizer, scheduler)
-        history, best = state["history"], state["best"]
-        start_epoch, start_step = state["epoch"], state["step"]
-        loss_sum, loss_count, seconds = state["loss_sum"], state["loss_count"], state["seconds"]
+        history, best, log_sums = state["history"], state["best"], state["log_sums"]
+        start_epoch, start_step, seconds = state["epoch"], state["step"], state["seconds"]
 
     def save(path, epoch, step):
         user = dict(format=FORMAT, config=config.to_dict(), task=task.kind, epoch=epoch, step=step,
-                    history=history, best=best, loss_sum=loss_sum, loss_count=loss_count,
-                    seconds=seconds, num_classes=task.num_classes, class_names=task.class_names)
+                    history=history, best=best, log_sums=log_sums, seconds=seconds,
+                    num_classes=task.num_classes, class_names=task.class_names)
         checkpoint.save_checkpoint(path, model, optimizer, scheduler, meta=user)
 
     last_path, best_path = os.path.join(out_dir, "last.npz"), os.path.join(out_dir, "best.npz")
@@ -165,7 +165,7 @@ def train(config: TrainConfig | None = None, out_dir: str = "runs/out", resume: 
             model.train()
             first = start_step if epoch == start_epoch else 0
             if first == 0:
-                loss_sum, loss_count = 0.0, 0
+                log_sums = {}
             bar = tqdm(total=len(loader), initial=first, disable=not progress, unit="batch",
                        desc=f"{config.model} epoch {epoch + 1}/{config.epochs}", dynamic_ncols=True)
             tic = time.perf_counter()
@@ -177,7 +177,8 @@ def train(config: TrainConfig | None = None, out_dir: str = "runs/out", resume: 
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
-                loss_sum, loss_count = loss_sum + logs["loss"], loss_count + 1
+                for name, value in logs.items():
+                    log_sums[name] = log_sums.get(name, 0.0) + value
                 speed = len(batch["images"]) / max(time.perf_counter() - t0, 1e-9)
                 bar.set_postfix(loss=f"{logs['loss']:.4f}", img_s=f"{speed:.1f}")
                 bar.update(1)
@@ -190,7 +191,8 @@ def train(config: TrainConfig | None = None, out_dir: str = "runs/out", resume: 
                     raise KeyboardInterrupt(f"stopped; resume with --resume {last_path}")
             bar.close()
             seconds += time.perf_counter() - tic
-            record = dict(epoch=epoch + 1, loss=loss_sum / max(loss_count, 1),
+            steps = max(len(loader), 1)
+            record = dict(epoch=epoch + 1, **{k: v / steps for k, v in log_sums.items()},
                           lr=float(scheduler.get_last_lr()[0]), seconds=round(seconds, 2))
             record.update(task.evaluate(model, val_loader))
             history.append(record)
