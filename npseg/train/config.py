@@ -17,7 +17,7 @@ _FCN_SMALL = dict(width=0.25, batch_norm=True, head_channels=128, dropout=0.1)
 
 #: model name -> defaults (the model's keyword arguments under "model_config")
 PRESETS = {
-    "unet": dict(model_config=dict(width=0.125, batch_norm=True), epochs=12, lr=3e-3),
+    "unet": dict(model_config=dict(width=0.125, batch_norm=True), epochs=8, lr=3e-3),
     "unet-valid": dict(model_config=dict(width=0.125, batch_norm=True, depth=3), epochs=12, lr=3e-3),
     "fcn32s": dict(model_config=_FCN_SMALL, epochs=16, lr=3e-3),
     "fcn16s": dict(model_config=_FCN_SMALL, epochs=16, lr=3e-3),
