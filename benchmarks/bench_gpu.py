@@ -4,11 +4,14 @@ PyTorch on the GPU.
     python benchmarks/bench_gpu.py [--threads 2] [--repeat 10] [--only conv] [--no-cpu]
                                    [--no-torch]
 
-Each row times one forward and one backward pass of an op on realistic float32 shapes: npseg_gpu
-(CuPy + Numba kernels, median of ``--repeat`` runs after a warm-up that compiles the kernels,
-the GPU synchronised around each run), npseg on the CPU with ``--threads`` BLAS threads (median
-of fewer runs: it is slow), and PyTorch on the GPU (cuDNN/cuBLAS, autograd) where torch with
-CUDA is installed. Columns: milliseconds, gpu/torch (npseg_gpu time over torch's; the targets
+Each op row times one forward and one backward pass of an op (a plain function such as nms:
+one call) on realistic float32 shapes: npseg_gpu (CuPy + Numba kernels, median of ``--repeat``
+runs after a warm-up that compiles the kernels, the GPU synchronised around each run), npseg on
+the CPU with ``--threads`` BLAS threads (median of fewer runs: it is slow), and PyTorch on the
+GPU (cuDNN/cuBLAS, autograd; torchvision for the detection ops) where torch with CUDA is
+installed. The last rows (``--only train``) time one training step of whole models (forward,
+cross entropy, backward, AdamW) at ``npseg train``'s presets, against the same architecture
+written in torch. Columns: milliseconds, gpu/torch (npseg_gpu time over torch's; the targets
 are conv within 2x) and cpu/gpu (the speed-up over the CPU).
 
 Without a GPU (no CuPy, no device, or Numba's simulator switched on) the script says so and
@@ -224,12 +227,252 @@ def _cases():
                     kwargs=dict(padding=1))
     cases.append(("im2col", "3x3 pad 1 " + _label(_size((8, 64, 64, 64), (1, 2, 4, 4))),
                   im2col))
+
+    # detection: a Mask R-CNN box head's RoIs on a stride-16 map of an 800-pixel image
+    fmap, n_rois, pooled = _size(((2, 256, 50, 50), 512, 7), ((1, 2, 5, 5), 3, 2))
+
+    def rois(rng):
+        image = fmap[2] * 16
+        xy = rng.uniform(0, image * 0.8, (n_rois, 2))
+        wh = rng.uniform(16, image * 0.5, (n_rois, 2))
+        boxes = np.concatenate([xy, np.minimum(xy + wh, image)], axis=1)
+        return np.concatenate([rng.integers(0, fmap[0], (n_rois, 1)), boxes], 1).astype(DT)
+
+    def roi_align(rng):
+        return dict(args=(_randn(rng, *fmap), rois(rng), pooled),
+                    kwargs=dict(spatial_scale=1 / 16, sampling_ratio=2, aligned=True),
+                    torch=lambda x, r, size: _torchvision().roi_align(
+                        x, r, size, spatial_scale=1 / 16, sampling_ratio=2, aligned=True),
+                    no_grad=(1,))
+    cases.append(("roi_align", f"{n_rois} rois {pooled}x{pooled} on {_label(fmap)}", roi_align))
+
+    def roi_align_adaptive(rng):
+        return dict(args=(_randn(rng, *fmap), rois(rng), pooled),
+                    kwargs=dict(spatial_scale=1 / 16),
+                    torch=lambda x, r, size: _torchvision().roi_align(x, r, size,
+                                                                      spatial_scale=1 / 16),
+                    no_grad=(1,))
+    cases.append(("roi_align", f"adaptive grid, {n_rois} rois", roi_align_adaptive))
+
+    def roi_pool(rng):
+        return dict(args=(_randn(rng, *fmap), rois(rng), pooled),
+                    kwargs=dict(spatial_scale=1 / 16),
+                    torch=lambda x, r, size: _torchvision().roi_pool(x, r, size,
+                                                                     spatial_scale=1 / 16),
+                    no_grad=(1,))
+    cases.append(("roi_pool", f"{n_rois} rois {pooled}x{pooled} on {_label(fmap)}", roi_pool))
+
+    n_boxes = _size(4000, 70)
+
+    def nms(rng):
+        centre = rng.uniform(0, 800, (n_boxes, 2))
+        size = rng.uniform(16, 200, (n_boxes, 2))
+        boxes = np.concatenate([centre - size / 2, centre + size / 2], axis=1).astype(DT)
+        return dict(args=(boxes, rng.random(n_boxes).astype(DT), 0.7),
+                    torch=lambda b, s, t: _torchvision().nms(b, s, t), no_grad=(0, 1))
+    cases.append(("nms", f"{n_boxes} boxes, IoU 0.7", nms))
+
+    def batched_nms(rng):
+        args = nms(rng)["args"]
+        idxs = rng.integers(0, 80, n_boxes)
+        return dict(args=(args[0], args[1], idxs, 0.5),
+                    torch=lambda b, s, i, t: _torchvision().batched_nms(b, s, i, t),
+                    no_grad=(0, 1))
+    cases.append(("batched_nms", f"{n_boxes} boxes, 80 classes", batched_nms))
     return cases
 
 
-# U-Net / FCN training-step rows: add them here once npseg.models exists (a forward, loss,
-# backward and optimizer step of the same model on the GPU, on the CPU and in torch).
-TRAINING_STEPS = []
+def _torchvision():
+    import torchvision.ops
+
+    return torchvision.ops
+
+
+# ------------------------------------------------------------------------- training steps
+# One training step (forward, cross entropy, backward, AdamW step) of a whole model, float32:
+# npseg_gpu ("cuda"), npseg on the CPU, and the same architecture written in torch on CUDA.
+# Rows: (model name, npseg config, batch, image side); the first ones are `npseg train`'s
+# presets (TrainConfig.PRESETS) at its default batch and image size.
+TRAINING_STEPS = [
+    ("unet", dict(width=0.125, batch_norm=True), 16, 64),
+    ("unet", dict(width=0.5, batch_norm=True), 8, 128),
+    ("fcn8s", dict(width=0.25, batch_norm=True, head_channels=128, dropout=0.1), 16, 64),
+    ("segnet", dict(width=0.125, depth=4), 16, 64),
+]
+CLASSES = 4  # the shapes data set: background + 3 shapes
+
+
+def _torch_model(torch, name, config):
+    """The architecture of npseg's ``name`` in torch (for timing: same layers, own weights);
+    None where no twin is written here."""
+    nn, tf = torch.nn, torch.nn.functional
+
+    def ch(c, width):
+        return max(1, int(round(c * width)))
+
+    def conv_block(c_in, c_out, n, bn):
+        layers = []
+        for k in range(n):
+            layers += [nn.Conv2d(c_in if k == 0 else c_out, c_out, 3, padding=1, bias=not bn)]
+            layers += ([nn.BatchNorm2d(c_out)] if bn else []) + [nn.ReLU()]
+        return nn.Sequential(*layers)
+
+    if name == "unet":
+        depth, width, bn = config.get("depth", 4), config["width"], config.get("batch_norm")
+        chans = [ch(64 * 2 ** level, width) for level in range(depth + 1)]
+
+        class UNet(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.down = nn.ModuleList(conv_block(c_in, c, 2, bn)
+                                          for c_in, c in zip([3] + chans[:-1], chans))
+                self.upconv = nn.ModuleList(nn.ConvTranspose2d(chans[lv + 1], chans[lv], 2, 2)
+                                            for lv in reversed(range(depth)))
+                self.up = nn.ModuleList(conv_block(2 * chans[lv], chans[lv], 2, bn)
+                                        for lv in reversed(range(depth)))
+                self.classifier = nn.Conv2d(chans[0], CLASSES, 1)
+
+            def forward(self, x):
+                skips = []
+                for level, block in enumerate(self.down):
+                    x = block(x)
+                    if level < depth:
+                        skips.append(x)
+                        x = tf.max_pool2d(x, 2, 2, ceil_mode=True)
+                for upconv, block, skip in zip(self.upconv, self.up, reversed(skips)):
+                    x = upconv(x)[:, :, :skip.shape[2], :skip.shape[3]]
+                    x = block(torch.cat([skip, x], 1))
+                return self.classifier(x)
+        return UNet()
+
+    if name == "fcn8s":
+        width, bn, head = config["width"], config.get("batch_norm"), config["head_channels"]
+        stages = [(2, 64), (2, 128), (3, 256), (3, 512), (3, 512)]
+
+        def up(factor):
+            return nn.ConvTranspose2d(CLASSES, CLASSES, 2 * factor, factor, factor // 2,
+                                      bias=False)
+
+        class FCN8s(nn.Module):
+            def __init__(self):
+                super().__init__()
+                c_in, self.stages = 3, nn.ModuleList()
+                for n, c in stages:
+                    self.stages.append(conv_block(c_in, ch(c, width), n, bn))
+                    c_in = ch(c, width)
+                p = config.get("dropout", 0.5)
+                self.head = nn.Sequential(nn.Conv2d(c_in, head, 7, padding=3), nn.ReLU(),
+                                          nn.Dropout(p), nn.Conv2d(head, head, 1), nn.ReLU(),
+                                          nn.Dropout(p))
+                self.score_fr = nn.Conv2d(head, CLASSES, 1)
+                self.score_pool4 = nn.Conv2d(ch(512, width), CLASSES, 1)
+                self.score_pool3 = nn.Conv2d(ch(256, width), CLASSES, 1)
+                self.up2, self.up_pool4, self.up_final = up(2), up(2), up(8)
+
+            def forward(self, x):
+                h, w = x.shape[2:]
+                pools = []
+                for stage in self.stages:
+                    x = tf.max_pool2d(stage(x), 2, 2, ceil_mode=True)
+                    pools.append(x)
+                score = self.score_fr(self.head(pools[4]))
+                for upsample, skip in ((self.up2, self.score_pool4(pools[3])),
+                                       (self.up_pool4, self.score_pool3(pools[2]))):
+                    score = upsample(score)[:, :, :skip.shape[2], :skip.shape[3]] + skip
+                return self.up_final(score)[:, :, :h, :w]
+        return FCN8s()
+
+    if name == "segnet":
+        width, depth = config["width"], config.get("depth", 5)
+        stages = [(n, ch(c, width)) for n, c in [(2, 64), (2, 128), (3, 256), (3, 512),
+                                                  (3, 512)][:depth]]
+
+        def cbr(c_in, c_out):
+            return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                    nn.ReLU()]
+
+        class SegNet(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.encoder, self.decoder, c_in = nn.ModuleList(), nn.ModuleList(), 3
+                for n, c in stages:
+                    self.encoder.append(nn.Sequential(*[m for k in range(n)
+                                                        for m in cbr(c_in if k == 0 else c, c)]))
+                    c_in = c
+                for s in reversed(range(depth)):
+                    n, c = stages[s]
+                    c_next = stages[max(s - 1, 0)][1]
+                    self.decoder.append(nn.Sequential(*[
+                        m for k in range(n) for m in cbr(c, c_next if k == n - 1 else c)]))
+                self.classifier = nn.Conv2d(stages[0][1], CLASSES, 3, padding=1)
+
+            def forward(self, x):
+                pooled = []
+                for stage in self.encoder:
+                    x = stage(x)
+                    size = x.shape[2:]
+                    x, indices = tf.max_pool2d(x, 2, 2, return_indices=True)
+                    pooled.append((indices, size))
+                for stage, (indices, size) in zip(self.decoder, reversed(pooled)):
+                    x = stage(tf.max_unpool2d(x, indices, 2, 2, output_size=size))
+                return self.classifier(x)
+        return SegNet()
+    return None
+
+
+def _training_row(name, config, batch, side, torch):
+    import npseg_gpu
+    from npseg import functional as F
+    from npseg import optim
+    from npseg.autograd import Tensor
+    from npseg.models import build_model
+
+    batch, side = _size((batch, side), (2, 16 if name == "segnet" else 8))
+    if ARGS.sim:
+        config = dict(config, width=1 / 32)
+        if name == "fcn8s":
+            config["head_channels"] = 8
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((batch, 3, side, side)).astype(DT)
+    labels = rng.integers(0, CLASSES, (batch, side, side))
+
+    def npseg_step(device):
+        model = build_model(name, CLASSES, **config)
+        if device != "cpu":
+            model.to(device)
+        optimizer = optim.AdamW(model.parameters(), lr=1e-3)
+        move = npseg_gpu.asarray if device != "cpu" else np.asarray
+        x, t = Tensor(move(images), device=device), move(labels)
+
+        def step():
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), t).backward()
+            optimizer.step()
+        return step
+
+    gpu = npseg_step("cuda")
+    gpu()
+    gpu_ms = _median_ms(gpu, ARGS.repeat, npseg_gpu.synchronize)
+    cpu_ms = torch_ms = None
+    if not ARGS.no_cpu:
+        cpu = npseg_step("cpu")
+        cpu()
+        cpu_ms = _median_ms(cpu, ARGS.cpu_repeat, lambda: None)
+    twin = _torch_model(torch, name, config) if torch is not None else None
+    if twin is not None:
+        twin = twin.cuda().train()
+        optimizer = torch.optim.AdamW(twin.parameters(), lr=1e-3)
+        x = torch.from_numpy(images).cuda()
+        t = torch.from_numpy(labels).cuda()
+
+        def torch_step():
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(twin(x), t).backward()
+            optimizer.step()
+        torch_step()
+        torch_ms = _median_ms(torch_step, ARGS.repeat, torch.cuda.synchronize)
+    label = f"{batch}x3x{side}x{side} width {config['width']:g}"
+    _print_row(f"train step {name}", label, cpu_ms, gpu_ms, torch_ms)
 
 
 # ------------------------------------------------------------------------------------ timing
@@ -253,7 +496,7 @@ def _npseg_step(ops, name, args, kwargs, to_device, rng_factory):
         return to_device(a) if isinstance(a, np.ndarray) else a
 
     dev_args = [move(a) for a in args]
-    if name in ("im2col", "col2im"):
+    if not hasattr(ops, f"{name}_forward"):          # a plain function (im2col, nms, ...)
         fn = getattr(ops, name)
         return lambda: fn(*dev_args, **kwargs)
     forward, backward = getattr(ops, f"{name}_forward"), getattr(ops, f"{name}_backward")
@@ -267,7 +510,8 @@ def _npseg_step(ops, name, args, kwargs, to_device, rng_factory):
 
 
 def _torch_step(torch, fn, args, no_grad):
-    """A function running ``fn`` forward and backward once on CUDA tensors."""
+    """A function running ``fn`` forward and backward once on CUDA tensors (forward only when
+    nothing requires a gradient: nms)."""
     tensors = []
     for k, a in enumerate(args):
         if isinstance(a, np.ndarray):
@@ -275,6 +519,8 @@ def _torch_step(torch, fn, args, no_grad):
             tensors.append(t.requires_grad_(t.is_floating_point() and k not in no_grad))
         else:
             tensors.append(a)
+    if not any(getattr(t, "requires_grad", False) for t in tensors):
+        return lambda: fn(*tensors)
     grad = torch.ones_like(fn(*tensors))
 
     def step():
@@ -314,14 +560,20 @@ def main():
             step()
             torch_ms = _median_ms(step, ARGS.repeat, torch.cuda.synchronize)
 
-        def cell(v, fmt="9.2f"):
-            return format(v, fmt) if v is not None else f"{'-':>{fmt.split('.')[0]}}"
-        ratio = gpu_ms / torch_ms if torch_ms else None
-        speedup = cpu_ms / gpu_ms if cpu_ms else None
-        print(f"{name:34s} {label:28s} {cell(cpu_ms)} {cell(gpu_ms)} {cell(torch_ms)} "
-              f"{cell(ratio, '9.2f')} {cell(speedup, '8.1f')}", flush=True)
-    for row in TRAINING_STEPS:
-        row()
+        _print_row(name, label, cpu_ms, gpu_ms, torch_ms)
+    for name, config, batch, side in TRAINING_STEPS:
+        if ARGS.only and ARGS.only not in f"train step {name}":
+            continue
+        _training_row(name, config, batch, side, torch)
+
+
+def _print_row(name, label, cpu_ms, gpu_ms, torch_ms):
+    def cell(v, fmt="9.2f"):
+        return format(v, fmt) if v is not None else f"{'-':>{fmt.split('.')[0]}}"
+    ratio = gpu_ms / torch_ms if torch_ms else None
+    speedup = cpu_ms / gpu_ms if cpu_ms else None
+    print(f"{name:34s} {label:28s} {cell(cpu_ms)} {cell(gpu_ms)} {cell(torch_ms)} "
+          f"{cell(ratio, '9.2f')} {cell(speedup, '8.1f')}", flush=True)
 
 
 if __name__ == "__main__":

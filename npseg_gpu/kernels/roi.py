@@ -215,7 +215,8 @@ def pool_bin(ref, index, bin_size, start, size):
                                     cuda.float64)))
 def roi_pool_kernel(x, rois, out, argmax, spatial_scale):
     """out[k, c, i, j] = max of x[n_k, c] over bin (i, j); argmax = its pixel row
-    (n*H + y)*W + x (first maximum in row-major order), -1 and 0 for an empty bin."""
+    (n*H + y)*W + x (first maximum in row-major order), -1 and 0 for an empty bin. A NaN in
+    the bin propagates (output NaN, argmax the bin's last NaN), as in the max-pooling kernel."""
     channels, height, width = x.shape[1], x.shape[2], x.shape[3]
     n_rois, ph, pw = out.shape[0], out.shape[2], out.shape[3]
     total = n_rois * channels * ph * pw
@@ -241,7 +242,7 @@ def roi_pool_kernel(x, rois, out, argmax, spatial_scale):
         for y in range(h_lo, h_hi):
             for xx in range(w_lo, w_hi):
                 v = x[n, c, y, xx]
-                if best_index < 0 or v > best:
+                if best_index < 0 or v > best or v != v:    # NaN wins: it propagates
                     best = v
                     best_index = (n * height + y) * width + xx
         out[k, c, i, j] = best

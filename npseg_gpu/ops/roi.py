@@ -1,7 +1,7 @@
 """RoIAlign and RoIPool on the device (mirror :mod:`npseg.ops.roi`, torchvision's rules).
 
-Same arguments, checks (the NumPy module's own ``_check_rois`` and ``_checks.check_dout``, which read the
-device arrays through their array module), outputs and caches as the NumPy ops:
+Same arguments, checks (the NumPy module's own ``_check_rois`` and ``_checks.check_dout``, which
+read the device arrays through their array module), outputs and caches as the NumPy ops:
 
 * ``roi_align_forward`` -> ``(out, (x.shape, x.dtype, rois copy, output_size, spatial_scale,
   sampling_ratio, aligned))``; the backward recomputes the taps from the cached RoIs.
@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from npseg.ops._checks import check_bool, check_int, check_number, pair
-from npseg.ops._checks import check_dout
+from npseg.ops._checks import check_bool, check_dout, check_int, check_number, pair
 from npseg.ops.roi import _check_rois
 from npseg_gpu.kernels import roi as K
 from npseg_gpu.kernels._launch import launch
