@@ -319,14 +319,14 @@ def _arrays_on_cuda():
         yield
 
 
-def _maskrcnn_pair():
+def _maskrcnn_pair(**overrides):
     """A tiny float64 Mask R-CNN on the CPU and its copy on "cuda", and two shapes images."""
     from npseg.data.shapes import ShapesDataset
     from npseg.models.maskrcnn import MaskRCNN
 
     npseg_random.manual_seed(0)
-    cpu_model = MaskRCNN(3, "tiny").double()
-    gpu_model = MaskRCNN(3, "tiny").double()
+    cpu_model = MaskRCNN(3, "tiny", **overrides).double()
+    gpu_model = MaskRCNN(3, "tiny", **overrides).double()
     gpu_model.load_state_dict(cpu_model.state_dict())
     gpu_model.to("cuda")
     samples = [ShapesDataset("train", 16, 32, min_area=4)[i] for i in (0, 1)]
@@ -367,7 +367,10 @@ def test_maskrcnn_heads_train_on_cuda_like_cpu(op_calls):
     backbone runs on the CPU here: its batch norm takes minutes in the simulator."""
     from npseg.autograd import no_grad
 
-    cpu_model, gpu_model, images, targets = _maskrcnn_pair()
+    # few anchors and RoIs: every simulated RoIAlign thread costs ~0.1 ms
+    cpu_model, gpu_model, images, targets = _maskrcnn_pair(
+        rpn_batch_size_per_image=16, rpn_pre_nms_topk_train=24, rpn_post_nms_topk_train=8,
+        roi_batch_size_per_image=6)
     with no_grad():
         levels = [t.data for t in cpu_model.features(Tensor(images)).values()]
     size = tuple(images.shape[2:])
