@@ -33,8 +33,13 @@ def _sigmoid(x):
     x >= 0: 1 / (1 + exp(-x)) = 1 / (1 + e);   x < 0: exp(x) / (1 + exp(x)) = e / (1 + e).
     """
     xp = array_module(x)
-    e = xp.exp(-xp.abs(x))
-    return xp.where(x >= 0, 1, e) / (1 + e)
+    e = xp.abs(x)
+    xp.negative(e, out=e)
+    xp.exp(e, out=e)                       # e = exp(-|x|), in place: one temporary in all
+    y = xp.where(x >= 0, x.dtype.type(1), e)
+    e += 1
+    y /= e
+    return y
 
 
 # --- ReLU -------------------------------------------------------------------------------------
@@ -86,7 +91,10 @@ def sigmoid_backward(dout, cache):
     """dx = dout * y * (1 - y) with y = sigmoid(x). Returns ``(dx,)``."""
     y = cache
     check_dout(dout, y.shape, y.dtype)
-    return (dout * y * (1 - y),)
+    dx = 1 - y
+    dx *= y
+    dx *= dout
+    return (dx,)
 
 
 # --- tanh -------------------------------------------------------------------------------------
