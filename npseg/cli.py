@@ -20,7 +20,8 @@ MODEL_NAMES = ("fcn32s", "fcn16s", "fcn8s", "unet", "unet-valid", "segnet", "mas
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="npseg", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="npseg", description="Train, evaluate and predict with npseg's segmentation models.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model (defaults: the model's CPU preset)")
