@@ -3,8 +3,10 @@
     python benchmarks/bench_ops.py [--threads 2] [--repeat 7] [--only conv] [--no-torch]
 
 Each row times one forward and one backward pass (upstream gradient precomputed), median of
-``--repeat`` runs after a warm-up; npseg and torch runs alternate, so background load hits both
-alike. Both use the same thread count (BLAS for npseg, intra-op threads for torch). For the
+``--repeat`` runs after a warm-up, npseg and torch in alternating blocks of runs. Both use the
+same thread count (BLAS for npseg, intra-op threads for torch). Timings on a machine that is
+busy with other work are meaningless (OpenBLAS's threads degrade badly when CPUs are
+oversubscribed): run it on an idle machine. For the
 convolutions a second table gives the "BLAS floor": the same three matrix products
 (forward, weight gradient, input gradient) as single 2-D float32 GEMMs on ready-made operands,
 which no im2col-based implementation can beat. Ops not (yet) in npseg.ops print "missing".
@@ -105,8 +107,10 @@ def conv_case(x_shape, w_shape, transposed=False, **kw):
         w = randn(*w_shape, scale=fan_in ** -0.5)
         b = randn(w_shape[1] * kw.get("groups", 1) if transposed else w_shape[0])
         ours = npseg_step(name, (x, w, b), kw)
-        fn = getattr(F, name) if torch else None
-        theirs = torch_step(lambda a, c, d: fn(a, c, d, **kw), [tt(x, 1), tt(w, 1), tt(b, 1)])
+        theirs = None
+        if torch:
+            fn = getattr(F, name)
+            theirs = torch_step(lambda a, c, d: fn(a, c, d, **kw), [tt(x, 1), tt(w, 1), tt(b, 1)])
         return ours, theirs
     k = w_shape[2:]
     label = (f"{'x'.join(map(str, x_shape))} {x_shape[1]}->"
@@ -214,7 +218,9 @@ def interpolate_case(mode, align_corners, shape=(8, 64, 32, 32)):
         x = randn(*shape)
         kw = dict(mode=mode) if mode == "nearest" else dict(mode=mode, align_corners=align_corners)
         ours = npseg_step("interpolate", (x, size), dict(mode=mode, align_corners=align_corners))
-        theirs = torch_step(lambda a: F.interpolate(a, size=size, **kw), [tt(x, 1)]) if torch else None
+        theirs = None
+        if torch:
+            theirs = torch_step(lambda a: F.interpolate(a, size=size, **kw), [tt(x, 1)])
         return ours, theirs
     label = f"{'x'.join(map(str, shape))} 2x {mode}" + ("" if mode == "nearest" else
                                                           f" ac={align_corners}")
@@ -292,19 +298,23 @@ CASES = (
 
 
 def time_pair(ours, theirs, repeat):
-    """Median ms of each step; the two alternate, after one warm-up run each."""
-    ours()
-    if theirs:
-        theirs()
+    """Median ms of each step over ``repeat`` runs, after a warm-up run of each.
+
+    The runs go in blocks (ours, then theirs, twice), with a pause before each block: a BLAS
+    or OpenMP library keeps its threads spinning for a while after a call, which would slow
+    the other library's next run if the two alternated run by run.
+    """
     a, b = [], []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        ours()
-        a.append(time.perf_counter() - t0)
-        if theirs:
-            t0 = time.perf_counter()
-            theirs()
-            b.append(time.perf_counter() - t0)
+    for half in (repeat - repeat // 2, repeat // 2):
+        for step, times in ((ours, a), (theirs, b)):
+            if step is None or half == 0:
+                continue
+            time.sleep(0.2)
+            step()  # warm-up: first-touch allocations, lazy initialization
+            for _ in range(half):
+                t0 = time.perf_counter()
+                step()
+                times.append(time.perf_counter() - t0)
     return 1e3 * float(np.median(a)), (1e3 * float(np.median(b)) if b else None)
 
 

@@ -1,4 +1,6 @@
-"""conv2d, conv_transpose2d, im2col and col2im: gradients, formulas, adjoints, bad input, PyTorch."""
+"""conv2d, conv_transpose2d, im2col, col2im: gradients, formulas, adjoints, bad input, PyTorch."""
+
+import importlib
 
 import numpy as np
 import pytest
@@ -7,6 +9,8 @@ from hypothesis import strategies as st
 
 from npseg import ops
 from npseg.gradcheck import check_op
+
+conv_module = importlib.import_module("npseg.ops.conv")
 
 # ------------------------------------------------------------------------------ strategies
 
@@ -80,8 +84,9 @@ def naive_conv2d(x, w, b, stride, padding, dilation, groups):
     for g in range(groups):
         for p in range(kh):
             for q in range(kw):
-                patch = xp[:, g * Cg:(g + 1) * Cg,
-                           dh * p:dh * p + sh * (Ho - 1) + 1:sh, dw * q:dw * q + sw * (Wo - 1) + 1:sw]
+                rows = slice(dh * p, dh * p + sh * (Ho - 1) + 1, sh)
+                cols = slice(dw * q, dw * q + sw * (Wo - 1) + 1, sw)
+                patch = xp[:, g * Cg:(g + 1) * Cg, rows, cols]
                 out[:, g * Og:(g + 1) * Og] += np.einsum(
                     "oc,nchw->nohw", w[g * Og:(g + 1) * Og, :, p, q], patch)
     if b is not None:
@@ -90,7 +95,8 @@ def naive_conv2d(x, w, b, stride, padding, dilation, groups):
 
 
 def naive_conv_transpose2d(x, w, b, stride, padding, output_padding, dilation, groups):
-    """Scatter: out[n, g*Og + o, s*i + d*p - pad, ...] += sum_c w[g*Cg + c, o, p, q] x[n, g*Cg + c, i, j]."""
+    """Scatter: out[n, g*Og + o, s*i + d*p - pad, s*j + d*q - pad]
+                    += sum_c w[g*Cg + c, o, p, q] x[n, g*Cg + c, i, j]."""
     (sh, sw), (ph, pw), (dh, dw), (oh, ow) = stride, padding, dilation, output_padding
     N, C, H, W = x.shape
     _, Og, kh, kw = w.shape
@@ -101,17 +107,37 @@ def naive_conv_transpose2d(x, w, b, stride, padding, output_padding, dilation, g
     for g in range(groups):
         for p in range(kh):
             for q in range(kw):
-                big[:, g * Og:(g + 1) * Og,
-                    dh * p:dh * p + sh * (H - 1) + 1:sh, dw * q:dw * q + sw * (W - 1) + 1:sw] += \
-                    np.einsum("co,nchw->nohw", w[g * Cg:(g + 1) * Cg, :, p, q], x[:, g * Cg:(g + 1) * Cg])
+                rows = slice(dh * p, dh * p + sh * (H - 1) + 1, sh)
+                cols = slice(dw * q, dw * q + sw * (W - 1) + 1, sw)
+                big[:, g * Og:(g + 1) * Og, rows, cols] += np.einsum(
+                    "co,nchw->nohw", w[g * Cg:(g + 1) * Cg, :, p, q], x[:, g * Cg:(g + 1) * Cg])
     out = big[:, :, ph:ph + Ho, pw:pw + Wo]
     if b is not None:
         out = out + b[None, :, None, None]
     return out
 
 
+def naive_conv2d_dw(x, dout, w_shape, stride, padding, dilation, groups):
+    """dw[o, c, p, q] = sum_{n,i,j} dout[n, o, i, j] xpad[n, g*Cg + c, s*i + d*p, s*j + d*q]."""
+    (sh, sw), (ph, pw), (dh, dw_) = stride, padding, dilation
+    O, Cg, kh, kw = w_shape
+    Og, (Ho, Wo) = O // groups, dout.shape[2:]
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    dw = np.zeros(w_shape)
+    for g in range(groups):
+        for p in range(kh):
+            for q in range(kw):
+                rows = slice(dh * p, dh * p + sh * (Ho - 1) + 1, sh)
+                cols = slice(dw_ * q, dw_ * q + sw * (Wo - 1) + 1, sw)
+                patch = xp[:, g * Cg:(g + 1) * Cg, rows, cols]
+                dw[g * Og:(g + 1) * Og, :, p, q] = np.einsum(
+                    "nohw,nchw->oc", dout[:, g * Og:(g + 1) * Og], patch)
+    return dw
+
+
 def naive_im2col(x, kernel, stride, padding, dilation):
-    """One element at a time: cols[n, c*kH*kW + p*kW + q, i*W_out + j] = xpad[n, c, s*i + d*p, s*j + d*q]."""
+    """One element at a time:
+    cols[n, c*kH*kW + p*kW + q, i*W_out + j] = xpad[n, c, s*i + d*p, s*j + d*q]."""
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
     N, C, H, W = x.shape
     Ho = (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1
@@ -333,6 +359,46 @@ def test_non_contiguous_inputs():
             np.testing.assert_allclose(a, r, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("op", ["conv2d", "conv_transpose2d"])
+def test_empty_batch(op):
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((6, 2, 3, 3))
+    x = np.zeros((0, 4 if op == "conv2d" else 6, 5, 5))
+    b = np.ones(6 if op == "conv2d" else 4)
+    out, cache = getattr(ops, op + "_forward")(x, w, b, stride=2, padding=1, groups=2)
+    assert out.shape[0] == 0
+    dx, dw, db = getattr(ops, op + "_backward")(out, cache)
+    assert dx.shape == x.shape and dw.shape == w.shape and db.shape == b.shape
+    np.testing.assert_array_equal(dw, 0)
+    np.testing.assert_array_equal(db, 0)
+
+
+@pytest.mark.parametrize("block_bytes", [1, 4 << 20, 1 << 40])
+def test_image_blocks_give_the_same_result(block_bytes, monkeypatch):
+    """The batch goes through the column matrix in blocks of images: one image per block,
+    a few, or all at once must agree with the formulas."""
+    monkeypatch.setattr(conv_module, "_BLOCK_BYTES", block_bytes)
+    rng = np.random.default_rng(5)
+    x, w = rng.standard_normal((5, 32, 23, 29)), rng.standard_normal((4, 16, 3, 3))
+    out, cache = ops.conv2d_forward(x, w, None, padding=1, groups=2)
+    np.testing.assert_allclose(out, naive_conv2d(x, w, None, (1, 1), (1, 1), (1, 1), 2),
+                               rtol=1e-10, atol=1e-10)
+    dout = rng.standard_normal(out.shape)
+    dx, dw, _ = ops.conv2d_backward(dout, cache)
+    np.testing.assert_allclose(dx, naive_conv_transpose2d(dout, w, None, (1, 1), (1, 1), (0, 0),
+                                                          (1, 1), 2), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(dw, naive_conv2d_dw(x, dout, w.shape, (1, 1), (1, 1), (1, 1), 2),
+                               rtol=1e-10, atol=1e-10)
+    wt = rng.standard_normal((32, 3, 4, 4))
+    out, cache = ops.conv_transpose2d_forward(x, wt, None, stride=2, padding=1, groups=2)
+    np.testing.assert_allclose(out, naive_conv_transpose2d(x, wt, None, (2, 2), (1, 1), (0, 0),
+                                                           (1, 1), 2), rtol=1e-10, atol=1e-10)
+    dout = rng.standard_normal(out.shape)
+    dx, dw, _ = ops.conv_transpose2d_backward(dout, cache)
+    np.testing.assert_allclose(dx, naive_conv2d(dout, wt, None, (2, 2), (1, 1), (1, 1), 2),
+                               rtol=1e-10, atol=1e-10)
+
+
 # -------------------------------------------------------------------------------- bad input
 
 
@@ -387,8 +453,8 @@ def test_conv_transpose2d_bad_input(mutate, error, match):
     with pytest.raises(error, match=match):
         ops.conv_transpose2d_forward(x, w, b, **kwargs)
     # output_padding 1 with stride 1 is allowed when the dilation is 2 (PyTorch's rule)
-    ops.conv_transpose2d_forward(rng.standard_normal((1, 2, 3, 3)), rng.standard_normal((2, 1, 2, 2)),
-                                 output_padding=1, dilation=2)
+    ops.conv_transpose2d_forward(rng.standard_normal((1, 2, 3, 3)),
+                                 rng.standard_normal((2, 1, 2, 2)), output_padding=1, dilation=2)
 
 
 @pytest.mark.parametrize("op", ["conv2d", "conv_transpose2d"])
@@ -486,36 +552,3 @@ def test_float32_realistic_shapes_match_torch():
     dx, dw, _ = ops.conv2d_backward(np.ones_like(out), cache)
     np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(dw, wt.grad.numpy(), rtol=1e-4, atol=1e-3)
-
-
-@pytest.mark.parametrize("op", ["conv2d", "conv_transpose2d"])
-def test_empty_batch(op):
-    rng = np.random.default_rng(0)
-    w = rng.standard_normal((6, 2, 3, 3))
-    x = np.zeros((0, 4 if op == "conv2d" else 6, 5, 5))
-    b = np.ones(6 if op == "conv2d" else 4)
-    out, cache = getattr(ops, op + "_forward")(x, w, b, stride=2, padding=1, groups=2)
-    assert out.shape[0] == 0
-    dx, dw, db = getattr(ops, op + "_backward")(out, cache)
-    assert dx.shape == x.shape and dw.shape == w.shape and db.shape == b.shape
-    np.testing.assert_array_equal(dw, 0)
-    np.testing.assert_array_equal(db, 0)
-
-
-@pytest.mark.parametrize("threads", ["1", "3"])
-def test_large_layers_on_threads_match_formula(threads, monkeypatch):
-    """Layers big enough for the threaded im2col/col2im give the formula's result."""
-    monkeypatch.setenv("NPSEG_NUM_THREADS", threads)
-    rng = np.random.default_rng(5)
-    x, w, b = rng.standard_normal((2, 16, 33, 35)), rng.standard_normal((4, 16, 3, 3)), None
-    out, cache = ops.conv2d_forward(x, w, b, padding=1)
-    np.testing.assert_allclose(out, naive_conv2d(x, w, b, (1, 1), (1, 1), (1, 1), 1),
-                               rtol=1e-10, atol=1e-10)
-    dout = rng.standard_normal(out.shape)
-    dx, _, _ = ops.conv2d_backward(dout, cache)
-    np.testing.assert_allclose(dx, naive_conv_transpose2d(dout, w, None, (1, 1), (1, 1), (0, 0),
-                                                          (1, 1), 1), rtol=1e-10, atol=1e-10)
-    wt = rng.standard_normal((16, 8, 4, 4))
-    out, _ = ops.conv_transpose2d_forward(x, wt, None, stride=2, padding=1)
-    np.testing.assert_allclose(out, naive_conv_transpose2d(x, wt, None, (2, 2), (1, 1), (0, 0),
-                                                           (1, 1), 1), rtol=1e-10, atol=1e-10)

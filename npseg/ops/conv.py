@@ -49,9 +49,10 @@ conv2d's input gradient, cols = W^T @ x then col2im, and its backward pass uses 
 Implementation notes: the column matrices use the pitched layout of ``npseg.ops.im2col`` (each
 kernel offset one contiguous slice; a few junk columns per row of windows, dropped after the
 products). The matrix products are batched ``np.matmul`` calls, one BLAS GEMM per (image,
-group). The column matrix is the only large temporary, and it lives in a per-thread workspace
-reused by every call: the backward pass rebuilds it from the cached x (rather than keeping one
-per layer alive between forward and backward) and writes dcols over it. The cache keeps a
+group). The batch is processed in blocks of images whose column matrix fits in the CPU cache
+(see ``_image_blocks``); the column matrix of one block is the only large temporary. The
+backward pass rebuilds it from the cached x (rather than keeping a 9x-larger copy of every
+layer's input alive between forward and backward) and writes dcols over it. The cache keeps a
 reference to x, so x must not be modified before backward.
 """
 
@@ -60,7 +61,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._checks import check_float_array, check_int, check_same_dtype, check_shape, pair
-from .im2col import _col2im_pitched, _im2col_pitched, _Pitch, _windows_count, _workspace
+from .im2col import _col2im_pitched, _im2col_pitched, _Pitch, _windows_count
 
 __all__ = ["conv2d_forward", "conv2d_backward",
            "conv_transpose2d_forward", "conv_transpose2d_backward"]
@@ -112,6 +113,22 @@ def _check_dout(dout, cache_x, shape):
     check_shape(dout, "dout", shape)
 
 
+# ---------------------------------------------------------------------------------- blocks
+
+# The batch goes through im2col -> GEMM -> col2im in blocks of images whose column matrix
+# takes about this many bytes (at least one image). This loop is cache blocking, not per-item
+# work: a block's columns are written, multiplied and read back while they are still in the
+# CPU cache, which makes the copies about twice as fast as with one column matrix for the
+# whole batch (measured 15-30% off a forward+backward pass), and bounds the temporary memory.
+_BLOCK_BYTES = 4 << 20
+
+
+def _image_blocks(N, cols_bytes_per_image):
+    """(images per block, [(start, stop), ...]) covering the N images of the batch."""
+    step = max(1, min(N, _BLOCK_BYTES // max(1, cols_bytes_per_image)))
+    return step, [(start, min(start + step, N)) for start in range(0, N, step)]
+
+
 # ---------------------------------------------------------------------------------- conv2d
 
 def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
@@ -133,9 +150,19 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
     pitch = _Pitch((H, W), (Ho, Wo), kernel, stride, padding, dilation)
 
     K = C_in // G * kernel[0] * kernel[1]  # rows of the column matrix of one group
-    cols = _im2col_pitched(x, pitch).reshape(N, G, K, pitch.L)
-    out = np.matmul(w.reshape(G, C_out // G, K), cols)  # (N, G, C_out/G, L): one GEMM per (n, g)
-    out = _crop_and_add_bias(out.reshape(N, C_out, pitch.L), b, pitch)
+    w_g = w.reshape(G, C_out // G, K)
+    out = np.empty((N, C_out, Ho, Wo), dtype=x.dtype)
+    step, blocks = _image_blocks(N, C_in * kernel[0] * kernel[1] * pitch.L * x.itemsize)
+    cols_buffer = np.empty((step, C_in) + tuple(kernel) + (pitch.L,), dtype=x.dtype)
+    out_buffer = np.empty((step, G, C_out // G, pitch.L), dtype=x.dtype)
+    for start, stop in blocks:
+        n = stop - start
+        cols = _im2col_pitched(x[start:stop], pitch, out=cols_buffer[:n])
+        # out[n, g] = W[g] @ cols[n, g]: one GEMM per (n, g), then drop the junk columns
+        out_p = np.matmul(w_g, cols.reshape(n, G, K, pitch.L), out=out_buffer[:n])
+        out[start:stop] = pitch.from_pitch(out_p.reshape(n, C_out, pitch.L))
+        if b is not None:
+            out[start:stop] += b.reshape(-1, 1, 1)
     return out, (x, w, b is not None, pitch, G)
 
 
@@ -152,26 +179,20 @@ def conv2d_backward(dout, cache):
     K = C_in // G * w.shape[2] * w.shape[3]
 
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None
-    dout_p = pitch.to_pitch(dout).reshape(N, G, C_out // G, pitch.L)  # junk columns zero
-    cols = _im2col_pitched(x, pitch)            # the one large buffer: cols, then dcols
-    cols_g = cols.reshape(N, G, K, pitch.L)
-    dw = np.matmul(dout_p, cols_g.swapaxes(-1, -2)).sum(axis=0).reshape(w.shape)
     w_g = w.reshape(G, C_out // G, K)
-    np.matmul(w_g.swapaxes(-1, -2), dout_p, out=cols_g)  # dcols[n, g] = W[g]^T @ dout[n, g]
-    dx = _col2im_pitched(cols, pitch)
-    return dx, dw, db
-
-
-def _crop_and_add_bias(out_p, b, pitch):
-    """(N, C, Ho*Wq) pitched result -> (N, C, Ho, Wo), plus the bias, in one pass."""
-    out = pitch.from_pitch(out_p)
-    if b is None:
-        return np.ascontiguousarray(out)
-    bias = b.reshape(1, -1, 1, 1)
-    if pitch.Wq == pitch.windows_hw[1]:  # no junk columns: out owns a contiguous buffer
-        out += bias
-        return out
-    return out + bias
+    dw = np.zeros((G, C_out // G, K), dtype=x.dtype)
+    dx = np.empty_like(x, order="C")
+    step, blocks = _image_blocks(N, C_in * w.shape[2] * w.shape[3] * pitch.L * x.itemsize)
+    cols_buffer = np.empty((step, C_in) + w.shape[2:] + (pitch.L,), dtype=x.dtype)
+    for start, stop in blocks:
+        n = stop - start
+        dout_p = pitch.to_pitch(dout[start:stop]).reshape(n, G, C_out // G, pitch.L)
+        cols = _im2col_pitched(x[start:stop], pitch, out=cols_buffer[:n])  # cols, then dcols
+        cols_g = cols.reshape(n, G, K, pitch.L)
+        dw += np.matmul(dout_p, cols_g.swapaxes(-1, -2)).sum(axis=0)
+        np.matmul(w_g.swapaxes(-1, -2), dout_p, out=cols_g)  # dcols[n, g] = W[g]^T @ dout[n, g]
+        _col2im_pitched(cols, pitch, out=dx[start:stop])
+    return dx, dw.reshape(w.shape), db
 
 
 # ------------------------------------------------------------------------- conv_transpose2d
@@ -214,14 +235,19 @@ def conv_transpose2d_forward(x, w, b=None, stride=1, padding=0, output_padding=0
     pitch = _Pitch(size, (H, W), kernel, stride, padding, dilation)
 
     K = C_out // G * kernel[0] * kernel[1]
-    x_p = pitch.to_pitch(x).reshape(N, G, C_in // G, pitch.L)  # junk columns zero
     w_g = w.reshape(G, C_in // G, K)
-    cols = _workspace((N, C_out) + tuple(kernel) + (pitch.L,), x.dtype)  # the one large buffer
-    # cols[n, g] = W[g]^T @ x[n, g]: (N, G, K, L), one GEMM per (n, g)
-    np.matmul(w_g.swapaxes(-1, -2), x_p, out=cols.reshape(N, G, K, pitch.L))
-    out = _col2im_pitched(cols, pitch)
-    if b is not None:
-        out += b.reshape(1, -1, 1, 1)
+    out = np.empty((N, C_out) + tuple(size), dtype=x.dtype)
+    step, blocks = _image_blocks(N, C_out * kernel[0] * kernel[1] * pitch.L * x.itemsize)
+    cols_buffer = np.empty((step, C_out) + tuple(kernel) + (pitch.L,), dtype=x.dtype)
+    for start, stop in blocks:
+        n = stop - start
+        x_p = pitch.to_pitch(x[start:stop]).reshape(n, G, C_in // G, pitch.L)  # junk zero
+        cols = cols_buffer[:n]
+        # cols[n, g] = W[g]^T @ x[n, g]: one GEMM per (n, g)
+        np.matmul(w_g.swapaxes(-1, -2), x_p, out=cols.reshape(n, G, K, pitch.L))
+        _col2im_pitched(cols, pitch, out=out[start:stop])
+        if b is not None:
+            out[start:stop] += b.reshape(-1, 1, 1)
     return out, (x, w, b is not None, pitch, G)
 
 
@@ -238,10 +264,17 @@ def conv_transpose2d_backward(dout, cache):
     K = C_out // G * w.shape[2] * w.shape[3]
 
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None
-    dcols = _im2col_pitched(dout, pitch).reshape(N, G, K, pitch.L)  # the one large buffer
     w_g = w.reshape(G, C_in // G, K)
-    dx_p = np.matmul(w_g, dcols)  # (N, G, C_in/G, L)
-    dx = np.ascontiguousarray(pitch.from_pitch(dx_p.reshape(N, C_in, pitch.L)))
-    x_p = pitch.to_pitch(x).reshape(N, G, C_in // G, pitch.L)  # junk columns zero
-    dw = np.matmul(x_p, dcols.swapaxes(-1, -2)).sum(axis=0).reshape(w.shape)
-    return dx, dw, db
+    dw = np.zeros((G, C_in // G, K), dtype=x.dtype)
+    dx = np.empty_like(x, order="C")
+    step, blocks = _image_blocks(N, C_out * w.shape[2] * w.shape[3] * pitch.L * x.itemsize)
+    cols_buffer = np.empty((step, C_out) + w.shape[2:] + (pitch.L,), dtype=x.dtype)
+    for start, stop in blocks:
+        n = stop - start
+        dcols = _im2col_pitched(dout[start:stop], pitch, out=cols_buffer[:n])
+        dcols = dcols.reshape(n, G, K, pitch.L)
+        dx_p = np.matmul(w_g, dcols)  # dx[n, g] = W[g] @ dcols[n, g]
+        dx[start:stop] = pitch.from_pitch(dx_p.reshape(n, C_in, pitch.L))
+        x_p = pitch.to_pitch(x[start:stop]).reshape(n, G, C_in // G, pitch.L)  # junk zero
+        dw += np.matmul(x_p, dcols.swapaxes(-1, -2)).sum(axis=0)
+    return dx, dw.reshape(w.shape), db

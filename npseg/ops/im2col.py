@@ -26,10 +26,6 @@ times faster than these strided ones.
 
 from __future__ import annotations
 
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
@@ -134,56 +130,7 @@ def col2im(cols, output_size, kernel_size, stride=1, padding=0, dilation=1):
 # (d_h*p // s_h)*Wq + d_w*q // s_w. The slice copies/adds run at memory speed instead of
 # looping over short rows. The junk columns cost (Wq - W_out)/W_out extra work in the matrix
 # products (a few percent on real images) and are dropped afterwards; col2im requires them zero.
-#
-# Two more things keep the copies cheap. The image planes (n, c) are independent, so large
-# copies are split into blocks of planes run on a few threads (NumPy releases the GIL while it
-# copies; the thread count is NPSEG_NUM_THREADS, else OMP_NUM_THREADS, else the CPU count).
-# And the column matrix is written into a per-thread workspace that is reused from call to
-# call: a fresh buffer of that size costs as much in page faults as filling it.
 # --------------------------------------------------------------------------------------------
-
-
-def _num_threads() -> int:
-    for var in ("NPSEG_NUM_THREADS", "OMP_NUM_THREADS"):
-        value = os.environ.get(var, "")
-        if value.isdigit() and int(value) > 0:
-            return int(value)
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))  # the CPUs this process may run on
-    return os.cpu_count() or 1
-
-
-_POOL = {"key": None, "executor": None}
-_LOCAL = threading.local()
-
-
-def _for_plane_blocks(work, n_planes: int, plane_size: int):
-    """Run ``work(start, stop)`` over blocks of the ``n_planes`` planes, on threads if large."""
-    threads = min(_num_threads(), n_planes)
-    if threads < 2 or n_planes * plane_size < 1 << 18:  # small: threads cost more than they save
-        work(0, n_planes)
-        return
-    key = (threads, os.getpid())  # a forked child needs its own threads
-    if _POOL["key"] != key:
-        _POOL["executor"] = ThreadPoolExecutor(threads - 1, thread_name_prefix="npseg-im2col")
-        _POOL["key"] = key
-    bounds = [n_planes * k // threads for k in range(threads + 1)]
-    others = [_POOL["executor"].submit(work, bounds[k], bounds[k + 1]) for k in range(1, threads)]
-    try:
-        work(bounds[0], bounds[1])  # the calling thread takes the first block
-    finally:
-        for future in others:
-            future.result()  # waits, and re-raises a worker's error
-
-
-def _workspace(shape, dtype):
-    """An uninitialized array of ``shape``, reusing this thread's scratch memory."""
-    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    buffer = getattr(_LOCAL, "buffer", None)
-    if buffer is None or buffer.size < nbytes:
-        _LOCAL.buffer = buffer = None  # free the old one first
-        _LOCAL.buffer = buffer = np.empty(nbytes, dtype=np.uint8)
-    return buffer[:nbytes].view(dtype).reshape(shape)
 
 
 class _Pitch:
@@ -197,6 +144,10 @@ class _Pitch:
         self.Wq = Wo + dw * (kw - 1) // sw       # row pitch
         self.L = Ho * self.Wq                    # columns per image, junk included
         self.plane = (self.Hq + 1) * self.Wq     # one spare row: the last slices run past Hq
+        # rows/columns of x inside the phase planes (the last ones may lie beyond every window)
+        (H, W), (ph, pw) = self.image_hw, padding
+        self.h_used = max(0, min(H, sh * (self.Hq + 1) - ph))
+        self.w_used = max(0, min(W, sw * self.Wq - pw))
 
     def offsets(self):
         """(p, q, a, b, start) for every kernel offset: phase (a, b) and flat slice start."""
@@ -214,9 +165,7 @@ class _Pitch:
         i.e. x rows y0, y0 + s_h, ... at phase rows r0, r0 + 1, ... (columns alike). Only the
         rows/columns some window reads are kept (the last ones of x may lie beyond every window).
         """
-        (sh, sw), (ph, pw), (H, W) = self.stride, self.padding, self.image_hw
-        h = max(0, min(H, sh * (self.Hq + 1) - ph))  # x rows inside the phase planes
-        w = max(0, min(W, sw * self.Wq - pw))
+        (sh, sw), (ph, pw), h, w = self.stride, self.padding, self.h_used, self.w_used
         for a in range(sh):
             y0 = (a - ph) % sh
             r0, nr = (y0 + ph) // sh, len(range(y0, h, sh))
@@ -246,59 +195,69 @@ def _split_phases(x, pitch: _Pitch):
     """x (P, H, W) planes -> phases (P, s_h, s_w, (Hq + 1)*Wq): zero-padded, split by phase.
 
     phases[k, a, b, r*Wq + t] = xpad[k, s_h*r + a, s_w*t + b]; with stride 1 this is just the
-    zero padding. One copy of x in s_h*s_w strided slices.
+    zero padding. One copy of x in s_h*s_w strided slices; only the borders are zeroed.
     """
     (sh, sw), Hq, Wq = pitch.stride, pitch.Hq, pitch.Wq
-    phases = np.zeros((x.shape[0], sh, sw, Hq + 1, Wq), dtype=x.dtype)
+    phases = np.empty((x.shape[0], sh, sw, Hq + 1, Wq), dtype=x.dtype)
     for a, b, rows, columns, x_rows, x_columns in pitch.phase_slices():
-        phases[:, a, b, rows, columns] = x[:, x_rows, x_columns]
+        plane = phases[:, a, b]
+        plane[:, :rows.start] = 0
+        plane[:, rows.stop:] = 0
+        plane[:, rows, :columns.start] = 0
+        plane[:, rows, columns.stop:] = 0
+        plane[:, rows, columns] = x[:, x_rows, x_columns]
     return phases.reshape(x.shape[0], sh, sw, pitch.plane)
 
 
 def _merge_phases(phases, pitch: _Pitch, out):
     """Adjoint of :func:`_split_phases`: phases (P, s_h, s_w, plane) -> out (P, H, W)."""
-    (sh, sw), (H, W) = pitch.stride, pitch.image_hw
+    sh, sw = pitch.stride
     phases = phases.reshape(phases.shape[0], sh, sw, pitch.Hq + 1, pitch.Wq)
-    out[...] = 0  # pixels that no window reads get no gradient
     for a, b, rows, columns, x_rows, x_columns in pitch.phase_slices():
         out[:, x_rows, x_columns] = phases[:, a, b, rows, columns]
+    out[:, pitch.h_used:] = 0  # the last rows/columns of x, if no window reads them
+    out[:, :, pitch.w_used:] = 0
 
 
-def _im2col_pitched(x, pitch: _Pitch):
-    """x (N, C, H, W) -> cols (N, C, kH, kW, Ho*Wq) in the pitched layout, in the workspace.
+def _im2col_pitched(x, pitch: _Pitch, out=None):
+    """x (N, C, H, W) -> cols (N, C, kH, kW, Ho*Wq) in the pitched layout (into ``out``).
 
     cols[n, c, p, q, i*Wq + j] = xpad[n, c, s_h*i + d_h*p, s_w*j + d_w*q] for j < W_out
-    (junk, finite values for j >= W_out). The result is overwritten by the next call.
+    (junk, finite values for j >= W_out).
     """
     N, C, H, W = x.shape
     kh, kw = pitch.kernel
-    cols = _workspace((N, C, kh, kw, pitch.L), x.dtype)
-    planes, cols_planes = x.reshape(N * C, H, W), cols.reshape(N * C, kh, kw, pitch.L)
-
-    def work(start, stop):
-        phases = _split_phases(planes[start:stop], pitch)
-        for p, q, a, b, offset in pitch.offsets():  # one contiguous slice per kernel offset
-            cols_planes[start:stop, p, q] = phases[:, a, b, offset:offset + pitch.L]
-
-    _for_plane_blocks(work, N * C, kh * kw * pitch.L)
+    cols = np.empty((N, C, kh, kw, pitch.L), dtype=x.dtype) if out is None else out
+    phases = _split_phases(x.reshape(N * C, H, W), pitch).reshape((N, C) + pitch.stride
+                                                                   + (pitch.plane,))
+    for p, q, a, b, offset in pitch.offsets():  # one contiguous slice per kernel offset
+        cols[:, :, p, q] = phases[:, :, a, b, offset:offset + pitch.L]
     return cols
 
 
-def _col2im_pitched(cols, pitch: _Pitch):
+def _col2im_pitched(cols, pitch: _Pitch, out=None):
     """Adjoint of :func:`_im2col_pitched`: cols (N, C, kH, kW, Ho*Wq) -> x (N, C, H, W).
 
     The junk columns of ``cols`` must be zero (they would land on neighbouring pixels).
+    ``out`` (C-contiguous) receives x when given.
     """
     N, C, kh, kw, L = cols.shape
     (sh, sw), (H, W) = pitch.stride, pitch.image_hw
-    x = np.empty((N, C, H, W), dtype=cols.dtype)
-    cols_planes, planes = cols.reshape(N * C, kh, kw, L), x.reshape(N * C, H, W)
-
-    def work(start, stop):
-        phases = np.zeros((stop - start, sh, sw, pitch.plane), dtype=cols.dtype)
-        for p, q, a, b, offset in pitch.offsets():  # one contiguous slice-add per offset
-            phases[:, a, b, offset:offset + L] += cols_planes[start:stop, p, q]
-        _merge_phases(phases, pitch, planes[start:stop])
-
-    _for_plane_blocks(work, N * C, kh * kw * L)
+    phases = np.empty((N, C, sh, sw, pitch.plane), dtype=cols.dtype)
+    written = set()
+    for p, q, a, b, offset in pitch.offsets():  # one contiguous slice-add per kernel offset
+        plane = phases[:, :, a, b]
+        if (a, b) in written:
+            plane[..., offset:offset + L] += cols[:, :, p, q]
+        else:  # the first offset landing on this phase: a copy instead of adding to zeros
+            plane[..., :offset] = 0
+            plane[..., offset:offset + L] = cols[:, :, p, q]
+            plane[..., offset + L:] = 0
+            written.add((a, b))
+    for a in range(sh):
+        for b in range(sw):
+            if (a, b) not in written:  # no kernel offset lands on this phase
+                phases[:, :, a, b] = 0
+    x = np.empty((N, C, H, W), dtype=cols.dtype) if out is None else out
+    _merge_phases(phases.reshape(N * C, sh, sw, pitch.plane), pitch, x.reshape(N * C, H, W))
     return x
