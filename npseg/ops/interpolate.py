@@ -68,6 +68,23 @@ def _resize(x, a_h, a_w):
     return np.matmul(a_h, rows).reshape(N, C, a_h.shape[0], a_w.shape[0])  # then along H
 
 
+def _check_interpolate(x, size, mode, align_corners):
+    """The arguments of :func:`interpolate_forward` (shared with the GPU twin):
+    ``((H_out, W_out), mode, align_corners)``."""
+    check_float_array(x, "x", 4, "N, C, H, W")
+    out_h, out_w = pair(size, "size", 1)
+    mode = check_choice(mode, "mode", MODES)
+    if align_corners is None:
+        align_corners = False
+    align_corners = check_bool(align_corners, "align_corners")
+    if mode == "nearest" and align_corners:
+        raise ValueError("align_corners can only be set with mode='bilinear', got "
+                         "align_corners=True with mode='nearest'")
+    if x.shape[2] < 1 or x.shape[3] < 1:
+        raise ValueError(f"x must have a non-empty spatial size, got shape {tuple(x.shape)}")
+    return (out_h, out_w), mode, align_corners
+
+
 def interpolate_forward(x, size, mode="bilinear", align_corners=False):
     """Resize x (N, C, H_in, W_in) to ``size`` = (H_out, W_out) (int: square).
 
@@ -79,18 +96,8 @@ def interpolate_forward(x, size, mode="bilinear", align_corners=False):
     row of x spreads to the whole output row (0 * inf = NaN), where PyTorch spreads it only to
     the neighbours that use it; finite inputs are unaffected.
     """
-    check_float_array(x, "x", 4, "N, C, H, W")
-    out_h, out_w = pair(size, "size", 1)
-    mode = check_choice(mode, "mode", MODES)
-    if align_corners is None:
-        align_corners = False
-    align_corners = check_bool(align_corners, "align_corners")
-    if mode == "nearest" and align_corners:
-        raise ValueError("align_corners can only be set with mode='bilinear', got "
-                         "align_corners=True with mode='nearest'")
+    (out_h, out_w), mode, align_corners = _check_interpolate(x, size, mode, align_corners)
     N, C, H, W = x.shape
-    if H < 1 or W < 1:
-        raise ValueError(f"x must have a non-empty spatial size, got shape {tuple(x.shape)}")
 
     if mode == "nearest":
         src_h, src_w = _nearest_source(H, out_h), _nearest_source(W, out_w)

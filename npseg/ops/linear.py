@@ -18,8 +18,8 @@ from ._checks import check_float_array, check_same_dtype, check_shape
 __all__ = ["linear_forward", "linear_backward"]
 
 
-def linear_forward(x, w, b=None):
-    """y = x @ w.T + b for x (..., in), w (out, in), b (out,) or None. Returns ``(y, cache)``."""
+def _check_linear(x, w, b):
+    """The arguments of :func:`linear_forward` (shared with the GPU twin)."""
     check_float_array(x, "x")
     check_float_array(w, "w", 2, "out, in")
     check_same_dtype(x, "x", w=w, b=b)
@@ -31,6 +31,11 @@ def linear_forward(x, w, b=None):
     if b is not None:
         check_float_array(b, "b", 1, "out")
         check_shape(b, "b", (w.shape[0],))
+
+
+def linear_forward(x, w, b=None):
+    """y = x @ w.T + b for x (..., in), w (out, in), b (out,) or None. Returns ``(y, cache)``."""
+    _check_linear(x, w, b)
     y = np.matmul(x.reshape(-1, w.shape[1]), w.T)  # (M, out), one GEMM
     if b is not None:
         y += b

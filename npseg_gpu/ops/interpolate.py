@@ -13,15 +13,14 @@ import functools
 
 import numpy as np
 
-from npseg.ops._checks import check_bool, check_choice, check_float_array, check_shape, pair
+from npseg.ops._checks import check_shape
+from npseg.ops.interpolate import _check_interpolate
 from npseg_gpu._device import device
 from npseg_gpu.kernels import interpolate as K
 from npseg_gpu.kernels._launch import launch
 from npseg_gpu.ops._util import contiguous, empty, require_device, upload
 
 __all__ = ["interpolate_forward", "interpolate_backward"]
-
-MODES = ("bilinear", "nearest")
 
 
 @functools.lru_cache(maxsize=256)
@@ -40,18 +39,8 @@ def interpolate_forward(x, size, mode="bilinear", align_corners=False):
     """Resize x (N, C, H_in, W_in) to ``size`` = (H_out, W_out), as
     :func:`npseg.ops.interpolate_forward`. Returns ``(y, cache)``.
     """
-    check_float_array(x, "x", 4, "N, C, H, W")
-    out_h, out_w = pair(size, "size", 1)
-    mode = check_choice(mode, "mode", MODES)
-    if align_corners is None:
-        align_corners = False
-    align_corners = check_bool(align_corners, "align_corners")
-    if mode == "nearest" and align_corners:
-        raise ValueError("align_corners can only be set with mode='bilinear', got "
-                         "align_corners=True with mode='nearest'")
+    (out_h, out_w), mode, align_corners = _check_interpolate(x, size, mode, align_corners)
     N, C, H, W = x.shape
-    if H < 1 or W < 1:
-        raise ValueError(f"x must have a non-empty spatial size, got shape {tuple(x.shape)}")
     require_device(x, "x")
 
     dtype = np.dtype(x.dtype)

@@ -10,6 +10,7 @@ with the leading dimensions of x flattened into the rows of X (M, in).
 from __future__ import annotations
 
 from npseg.ops._checks import check_float_array, check_same_dtype, check_shape
+from npseg.ops.linear import _check_linear
 from npseg_gpu._device import xp
 from npseg_gpu.ops._util import require_device
 
@@ -18,17 +19,7 @@ __all__ = ["linear_forward", "linear_backward"]
 
 def linear_forward(x, w, b=None):
     """y = x @ w.T + b for x (..., in), w (out, in), b (out,) or None. Returns ``(y, cache)``."""
-    check_float_array(x, "x")
-    check_float_array(w, "w", 2, "out, in")
-    check_same_dtype(x, "x", w=w, b=b)
-    if x.ndim < 1:
-        raise ValueError(f"x must have at least one dimension (..., in), got shape {x.shape}")
-    if x.shape[-1] != w.shape[1]:
-        raise ValueError(f"w must have in = {x.shape[-1]} (the last dimension of x) columns "
-                         f"(out, in), got shape {w.shape}")
-    if b is not None:
-        check_float_array(b, "b", 1, "out")
-        check_shape(b, "b", (w.shape[0],))
+    _check_linear(x, w, b)
     for name, a in (("x", x), ("w", w), ("b", b)):
         require_device(a, name)
     y = xp().matmul(x.reshape(-1, w.shape[1]), w.T)  # (M, out), one GEMM
