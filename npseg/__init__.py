@@ -6,7 +6,9 @@ Layers, bottom to top: ``npseg.ops`` (op pairs on arrays), ``npseg.autograd`` (T
 """
 
 from npseg.autograd import Tensor, no_grad
+from npseg.ops._threads import get_num_threads, set_num_threads
 from npseg.random import manual_seed
 
 __version__ = "0.1.0"
-__all__ = ["Tensor", "no_grad", "manual_seed", "__version__"]
+__all__ = ["Tensor", "no_grad", "manual_seed", "get_num_threads", "set_num_threads",
+           "__version__"]

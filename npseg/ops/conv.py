@@ -58,9 +58,13 @@ reference to x, so x must not be modified before backward.
 
 from __future__ import annotations
 
+import math
+import threading
+
 import numpy as np
 
 from ._checks import check_float_array, check_int, check_same_dtype, check_shape, pair
+from ._threads import get_num_threads, map_pieces
 from .im2col import _col2im_pitched, _im2col_pitched, _Pitch, _windows_count
 
 __all__ = ["conv2d_forward", "conv2d_backward",
@@ -116,17 +120,53 @@ def _check_dout(dout, cache_x, shape):
 # ---------------------------------------------------------------------------------- blocks
 
 # The batch goes through im2col -> GEMM -> col2im in blocks of images whose column matrix
-# takes about this many bytes (at least one image). This loop is cache blocking, not per-item
-# work: a block's columns are written, multiplied and read back while they are still in the
-# CPU cache, which makes the copies about twice as fast as with one column matrix for the
-# whole batch (measured 15-30% off a forward+backward pass), and bounds the temporary memory.
+# takes about this many bytes (at least one image), and at least one block per thread. This
+# loop is cache blocking and threading, not per-item work: a block's columns are written,
+# multiplied and read back while they are still in the CPU cache (about twice as fast as one
+# column matrix for the whole batch, and it bounds the temporary memory), and the blocks run on
+# npseg's threads at once, each with a single-threaded BLAS (see ``npseg.ops._threads``).
 _BLOCK_BYTES = 4 << 20
 
 
 def _image_blocks(N, cols_bytes_per_image):
-    """(images per block, [(start, stop), ...]) covering the N images of the batch."""
-    step = max(1, min(N, _BLOCK_BYTES // max(1, cols_bytes_per_image)))
-    return step, [(start, min(start + step, N)) for start in range(0, N, step)]
+    """[(start, stop), ...]: blocks of images covering the N images of the batch."""
+    step = min(N, _BLOCK_BYTES // max(1, cols_bytes_per_image), math.ceil(N / get_num_threads()))
+    step = max(1, step)
+    return [(start, min(start + step, N)) for start in range(0, N, step)]
+
+
+# Each thread keeps its column buffer from one call to the next (fresh memory from the OS costs a
+# page fault per 4 KiB), unless it is larger than this: one image's columns can be far larger
+# than a block, and that memory is given back at once.
+_KEEP_BYTES = 2 * _BLOCK_BYTES
+_workspaces = threading.local()
+
+
+def _workspace(shape, dtype):
+    """An uninitialised array of ``shape``: the calling thread's reusable column buffer."""
+    size = math.prod(shape)
+    nbytes = size * np.dtype(dtype).itemsize
+    if nbytes > _KEEP_BYTES:
+        return np.empty(shape, dtype=dtype)
+    buffer = getattr(_workspaces, "buffer", None)
+    if buffer is None or buffer.nbytes < nbytes:
+        buffer = _workspaces.buffer = np.empty(_KEEP_BYTES, dtype=np.uint8)
+    return buffer[:nbytes].view(dtype).reshape(shape)
+
+
+def _run_blocks(block, blocks):
+    """``block(start, stop)`` for every (start, stop) block of images, on npseg's threads at
+    once; the results in block order."""
+    return map_pieces(lambda bounds: block(*bounds), blocks, uses_blas=True)
+
+
+def _sum_in_order(parts, shape, dtype):
+    """The blocks' partial weight gradients added in block order (deterministic); zeros for an
+    empty batch."""
+    total = np.zeros(shape, dtype=dtype)
+    for part in parts:
+        total += part
+    return total
 
 
 # ---------------------------------------------------------------------------------- conv2d
@@ -152,17 +192,18 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
     K = C_in // G * kernel[0] * kernel[1]  # rows of the column matrix of one group
     w_g = w.reshape(G, C_out // G, K)
     out = np.empty((N, C_out, Ho, Wo), dtype=x.dtype)
-    step, blocks = _image_blocks(N, C_in * kernel[0] * kernel[1] * pitch.L * x.itemsize)
-    cols_buffer = np.empty((step, C_in) + tuple(kernel) + (pitch.L,), dtype=x.dtype)
-    out_buffer = np.empty((step, G, C_out // G, pitch.L), dtype=x.dtype)
-    for start, stop in blocks:
+
+    def block(start, stop):
         n = stop - start
-        cols = _im2col_pitched(x[start:stop], pitch, out=cols_buffer[:n])
+        cols = _im2col_pitched(x[start:stop], pitch,
+                               out=_workspace((n, C_in) + tuple(kernel) + (pitch.L,), x.dtype))
         # out[n, g] = W[g] @ cols[n, g]: one GEMM per (n, g), then drop the junk columns
-        out_p = np.matmul(w_g, cols.reshape(n, G, K, pitch.L), out=out_buffer[:n])
+        out_p = np.matmul(w_g, cols.reshape(n, G, K, pitch.L))
         out[start:stop] = pitch.from_pitch(out_p.reshape(n, C_out, pitch.L))
         if b is not None:
             out[start:stop] += b.reshape(-1, 1, 1)
+
+    _run_blocks(block, _image_blocks(N, C_in * kernel[0] * kernel[1] * pitch.L * x.itemsize))
     return out, (x, w, b is not None, pitch, G)
 
 
@@ -180,18 +221,21 @@ def conv2d_backward(dout, cache):
 
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None
     w_g = w.reshape(G, C_out // G, K)
-    dw = np.zeros((G, C_out // G, K), dtype=x.dtype)
     dx = np.empty_like(x, order="C")
-    step, blocks = _image_blocks(N, C_in * w.shape[2] * w.shape[3] * pitch.L * x.itemsize)
-    cols_buffer = np.empty((step, C_in) + w.shape[2:] + (pitch.L,), dtype=x.dtype)
-    for start, stop in blocks:
+
+    def block(start, stop):
         n = stop - start
         dout_p = pitch.to_pitch(dout[start:stop]).reshape(n, G, C_out // G, pitch.L)
-        cols = _im2col_pitched(x[start:stop], pitch, out=cols_buffer[:n])  # cols, then dcols
+        cols = _im2col_pitched(x[start:stop], pitch,                # cols, then dcols
+                               out=_workspace((n, C_in) + w.shape[2:] + (pitch.L,), x.dtype))
         cols_g = cols.reshape(n, G, K, pitch.L)
-        dw += np.matmul(dout_p, cols_g.swapaxes(-1, -2)).sum(axis=0)
+        dw = np.matmul(dout_p, cols_g.swapaxes(-1, -2)).sum(axis=0)  # this block's sum over n
         np.matmul(w_g.swapaxes(-1, -2), dout_p, out=cols_g)  # dcols[n, g] = W[g]^T @ dout[n, g]
         _col2im_pitched(cols, pitch, out=dx[start:stop])
+        return dw
+
+    blocks = _image_blocks(N, C_in * w.shape[2] * w.shape[3] * pitch.L * x.itemsize)
+    dw = _sum_in_order(_run_blocks(block, blocks), (G, C_out // G, K), x.dtype)
     return dx, dw.reshape(w.shape), db
 
 
@@ -237,17 +281,18 @@ def conv_transpose2d_forward(x, w, b=None, stride=1, padding=0, output_padding=0
     K = C_out // G * kernel[0] * kernel[1]
     w_g = w.reshape(G, C_in // G, K)
     out = np.empty((N, C_out) + tuple(size), dtype=x.dtype)
-    step, blocks = _image_blocks(N, C_out * kernel[0] * kernel[1] * pitch.L * x.itemsize)
-    cols_buffer = np.empty((step, C_out) + tuple(kernel) + (pitch.L,), dtype=x.dtype)
-    for start, stop in blocks:
+
+    def block(start, stop):
         n = stop - start
         x_p = pitch.to_pitch(x[start:stop]).reshape(n, G, C_in // G, pitch.L)  # junk zero
-        cols = cols_buffer[:n]
+        cols = _workspace((n, C_out) + tuple(kernel) + (pitch.L,), x.dtype)
         # cols[n, g] = W[g]^T @ x[n, g]: one GEMM per (n, g)
         np.matmul(w_g.swapaxes(-1, -2), x_p, out=cols.reshape(n, G, K, pitch.L))
         _col2im_pitched(cols, pitch, out=out[start:stop])
         if b is not None:
             out[start:stop] += b.reshape(-1, 1, 1)
+
+    _run_blocks(block, _image_blocks(N, C_out * kernel[0] * kernel[1] * pitch.L * x.itemsize))
     return out, (x, w, b is not None, pitch, G)
 
 
@@ -265,16 +310,18 @@ def conv_transpose2d_backward(dout, cache):
 
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None
     w_g = w.reshape(G, C_in // G, K)
-    dw = np.zeros((G, C_in // G, K), dtype=x.dtype)
     dx = np.empty_like(x, order="C")
-    step, blocks = _image_blocks(N, C_out * w.shape[2] * w.shape[3] * pitch.L * x.itemsize)
-    cols_buffer = np.empty((step, C_out) + w.shape[2:] + (pitch.L,), dtype=x.dtype)
-    for start, stop in blocks:
+
+    def block(start, stop):
         n = stop - start
-        dcols = _im2col_pitched(dout[start:stop], pitch, out=cols_buffer[:n])
+        dcols = _im2col_pitched(dout[start:stop], pitch,
+                                out=_workspace((n, C_out) + w.shape[2:] + (pitch.L,), x.dtype))
         dcols = dcols.reshape(n, G, K, pitch.L)
         dx_p = np.matmul(w_g, dcols)  # dx[n, g] = W[g] @ dcols[n, g]
         dx[start:stop] = pitch.from_pitch(dx_p.reshape(n, C_in, pitch.L))
         x_p = pitch.to_pitch(x[start:stop]).reshape(n, G, C_in // G, pitch.L)  # junk zero
-        dw += np.matmul(x_p, dcols.swapaxes(-1, -2)).sum(axis=0)
+        return np.matmul(x_p, dcols.swapaxes(-1, -2)).sum(axis=0)  # this block's part of dW
+
+    blocks = _image_blocks(N, C_out * w.shape[2] * w.shape[3] * pitch.L * x.itemsize)
+    dw = _sum_in_order(_run_blocks(block, blocks), (G, C_in // G, K), x.dtype)
     return dx, dw.reshape(w.shape), db

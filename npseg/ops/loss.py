@@ -24,6 +24,7 @@ from npseg._device import array_module
 from npseg.ops._checks import (check_float_array, check_int, check_int_array, check_number,
                                check_reduction, check_same_dtype, check_shape)
 from npseg.ops._checks import check_dout
+from npseg.ops._threads import elementwise
 from npseg.ops.activation import _sigmoid
 
 __all__ = [
@@ -177,6 +178,23 @@ def cross_entropy_backward(dout, cache):
 
 # --- binary cross entropy with logits ---------------------------------------------------------
 
+def _bce_with_logits_into(x, t, loss):
+    """loss = max(x, 0) - x * t + log(1 + exp(-|x|)), in place in ``loss``.
+
+    exp(-|x|) lies in (0, 1], so nothing overflows. ``log(1 + e)`` instead of ``log1p(e)``:
+    NumPy's log1p is about ten times slower than its log, and the difference is below one unit
+    in the last place of 1 (PyTorch computes it with log, too).
+    """
+    xp = array_module(x)
+    xp.abs(x, out=loss)
+    xp.negative(loss, out=loss)
+    xp.exp(loss, out=loss)                                   # e = exp(-|x|)
+    loss += 1
+    xp.log(loss, out=loss)                                   # log(1 + e)
+    loss += xp.maximum(x, 0)
+    loss -= x * t
+
+
 def binary_cross_entropy_with_logits_forward(logits, target, weight=None, reduction="mean"):
     """Binary cross entropy of sigmoid(logits) against ``target``. Returns ``(loss, cache)``.
 
@@ -203,10 +221,10 @@ def binary_cross_entropy_with_logits_forward(logits, target, weight=None, reduct
             raise ValueError(f"weight must broadcast to the shape of logits {tuple(logits.shape)}, "
                              f"got shape {tuple(weight.shape)}")
     reduction = check_reduction(reduction)
-    xp = array_module(logits)
-    loss = xp.maximum(logits, 0) - logits * target + xp.log1p(xp.exp(-xp.abs(logits)))
+    loss = array_module(logits).empty_like(logits)
+    elementwise(_bce_with_logits_into, logits, target, loss)
     if weight is not None:
-        loss = loss * weight
+        loss *= weight
     return _reduce(loss, reduction), (logits, target, weight, reduction)
 
 
@@ -217,10 +235,12 @@ def binary_cross_entropy_with_logits_backward(dout, cache):
     """
     logits, target, weight, reduction = cache
     _check_loss_dout(dout, reduction, logits.shape, logits.dtype)
-    grad = _sigmoid(logits) - target
+    grad = _sigmoid(logits)
+    grad -= target
     if weight is not None:
-        grad = grad * weight
-    return (grad * _upstream(dout, reduction, logits.size),)
+        grad *= weight
+    grad *= _upstream(dout, reduction, logits.size)
+    return (grad,)
 
 
 # --- smooth L1 --------------------------------------------------------------------------------
@@ -243,12 +263,23 @@ def smooth_l1_loss_forward(pred, target, beta=1.0, reduction="mean"):
     beta = check_number(beta, "beta", low=0.0)
     reduction = check_reduction(reduction)
     xp = array_module(pred)
-    d = pred - target
-    abs_d = xp.abs(d)
-    if beta == 0:
-        loss = abs_d
-    else:
-        loss = xp.where(abs_d < beta, 0.5 * d * d / beta, abs_d - 0.5 * beta)
+    d, loss = xp.empty_like(pred), xp.empty_like(pred)
+
+    def piece(pred, target, d, loss):
+        # Without a branch: with m = min(|d|, beta), the loss is a quadratic part up to beta
+        # plus a linear part beyond it,  l = 0.5 * m^2 / beta + (|d| - m),  which is
+        # 0.5 d^2 / beta for |d| < beta (m = |d|) and |d| - 0.5 beta otherwise (m = beta).
+        xp.subtract(pred, target, out=d)
+        xp.abs(d, out=loss)                                  # |d|
+        if beta == 0:
+            return                                           # the L1 loss
+        m = xp.minimum(loss, beta)
+        loss -= m                                            # |d| - m
+        m *= m
+        m *= 0.5 / beta
+        loss += m
+
+    elementwise(piece, pred, target, d, loss)
     return _reduce(loss, reduction), (d, beta, reduction)
 
 
@@ -261,8 +292,12 @@ def smooth_l1_loss_backward(dout, cache):
     d, beta, reduction = cache
     _check_loss_dout(dout, reduction, d.shape, d.dtype)
     xp = array_module(d)
+    grad = xp.empty_like(d)
+    # d / beta clipped to [-1, 1] is d / beta for |d| < beta and sign(d) otherwise.
     if beta == 0:
-        grad = xp.sign(d)
+        elementwise(lambda d, grad: xp.sign(d, out=grad), d, grad)
     else:
-        grad = xp.where(xp.abs(d) < beta, d / beta, xp.sign(d))
-    return (grad * _upstream(dout, reduction, d.size),)
+        elementwise(lambda d, grad: xp.clip(xp.divide(d, beta, out=grad), -1, 1, out=grad),
+                    d, grad)
+    grad *= _upstream(dout, reduction, d.size)
+    return (grad,)

@@ -30,24 +30,36 @@ import numpy as np
 from npseg.ops._checks import (check_bool, check_float_array, check_number, check_same_dtype,
                                check_shape)
 from npseg.ops._checks import check_dout
+from npseg.ops._threads import map_rows
 
 __all__ = ["batch_norm_forward", "batch_norm_backward"]
 
 
-def _channel_axes(x) -> tuple[int, ...]:
-    """Every axis but the channel axis 1: the axes the statistics average over."""
-    return (0,) + tuple(range(2, x.ndim))
+def _rows(a):
+    """``a`` (N, C), (N, C, L) or (N, C, H, W) as an (N, C, L) array (a view where possible).
+
+    Batch norm works on these rows; the statistics are sums over axes 0 and 2, and the pieces
+    computed in parallel (``map_rows``) are blocks of images along axis 0.
+    """
+    return a.reshape(a.shape[:2] + (math.prod(a.shape[2:]),))
 
 
-def _per_channel(v, ndim: int):
-    """A (C,) vector shaped (1, C, 1, ...) so that it broadcasts against an ndim-D input."""
-    return v.reshape((1, -1) + (1,) * (ndim - 2))
+def _channel_sum(a):
+    """sum(a) over axes 0 and 2 of an (N, C, L) array, as a (C,) vector."""
+    return a.sum(axis=(0, 2))
 
 
 def _channel_dot(a, b):
-    """sum(a * b) over every axis but 1, as a (C,) vector, without an (N, C, ...) temporary."""
-    shape = a.shape[:2] + (math.prod(a.shape[2:]),)         # (N, C, L), L = 1 for 2-D input
-    return np.einsum("ncl,ncl->c", a.reshape(shape), b.reshape(shape))
+    """sum(a * b) over axes 0 and 2 of (N, C, L) arrays, as a (C,) vector, with no temporary."""
+    return np.einsum("ncl,ncl->c", a, b)
+
+
+def _sum_pieces(parts):
+    """The sum of the pieces' partial (C,) sums, added in piece order (deterministic)."""
+    total = parts[0].copy()
+    for part in parts[1:]:
+        total += part
+    return total
 
 
 def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, momentum=0.1,
@@ -90,11 +102,16 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, mome
         raise ValueError(f"x must have more than 1 value per channel when training, "
                          f"got shape {tuple(x.shape)}")
     batch_stats = training and count > 1
-
+    x3 = _rows(x)                                             # (N, C, L) view
     if batch_stats:
-        mean = x.mean(axis=_channel_axes(x))
-        x_centered = x - _per_channel(mean, x.ndim)
-        var = _channel_dot(x_centered, x_centered) / count    # biased: divides by M
+        mean = _sum_pieces(map_rows(_channel_sum, x3)) / count
+        x_centered = np.empty_like(x3)
+
+        def center(x, x_centered):                            # x - mu, and sum((x - mu)^2)
+            np.subtract(x, mean[:, None], out=x_centered)
+            return _channel_dot(x_centered, x_centered)
+
+        var = _sum_pieces(map_rows(center, x3, x_centered)) / count   # biased: divides by M
         # The running statistics: the one permitted in-place update of an argument.
         running_mean *= 1 - momentum
         running_mean += momentum * mean
@@ -103,14 +120,19 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, mome
     else:
         # Evaluation (or an empty training batch): the running statistics are constants.
         mean, var = running_mean, running_var
-        x_centered = x - _per_channel(mean, x.ndim)
-
+        x_centered = np.empty_like(x3)
+        map_rows(lambda x, xc: np.subtract(x, mean[:, None], out=xc), x3, x_centered)
     inv_sigma = 1 / np.sqrt(var + eps)                        # 1 / sigma, (C,)
     x_hat = x_centered                                        # a new array: scale it in place
-    x_hat *= _per_channel(inv_sigma, x.ndim)                  # xhat = (x - mu) / sigma
-    y = x_hat * _per_channel(gamma, x.ndim)
-    y += _per_channel(beta, x.ndim)                           # y = gamma * xhat + beta
-    return y, (x_hat, gamma.copy(), inv_sigma, batch_stats)
+    y = np.empty_like(x3)
+
+    def normalize(x_hat, y):
+        x_hat *= inv_sigma[:, None]                           # xhat = (x - mu) / sigma
+        np.multiply(x_hat, gamma[:, None], out=y)
+        y += beta[:, None]                                    # y = gamma * xhat + beta
+
+    map_rows(normalize, x_hat, y)
+    return y.reshape(x.shape), (x_hat, x.shape, gamma.copy(), inv_sigma, batch_stats)
 
 
 def batch_norm_backward(dout, cache):
@@ -127,20 +149,27 @@ def batch_norm_backward(dout, cache):
     the chain rule through mu and var); note mean(dy) = dbeta / M and mean(dy * xhat) = dgamma / M.
     In evaluation mu and sigma are the running statistics, constants, and x -> y is affine.
     """
-    x_hat, gamma, inv_sigma, batch_stats = cache
-    check_dout(dout, x_hat.shape, x_hat.dtype)
-    ndim = x_hat.ndim
-    dbeta = dout.sum(axis=_channel_axes(dout))
-    dgamma = _channel_dot(dout, x_hat)
-    scale = _per_channel(gamma * inv_sigma, ndim)             # gamma / sigma
+    x_hat, shape, gamma, inv_sigma, batch_stats = cache       # x_hat: (N, C, L)
+    check_dout(dout, shape, x_hat.dtype)
+    dy = _rows(dout)
+    scale = (gamma * inv_sigma)[:, None]                      # gamma / sigma, (C, 1)
+    sums = map_rows(lambda dy, x_hat: (_channel_sum(dy), _channel_dot(dy, x_hat)), dy, x_hat)
+    dbeta = _sum_pieces([s[0] for s in sums])                 # sum(dy)
+    dgamma = _sum_pieces([s[1] for s in sums])                # sum(dy * xhat)
+    dx = np.empty_like(x_hat)
     if not batch_stats:
-        return dout * scale, dgamma, dbeta
+        map_rows(lambda dy, dx: np.multiply(dy, scale, out=dx), dy, dx)
+        return dx.reshape(shape), dgamma, dbeta
     count = x_hat.size // x_hat.shape[1]                      # M
-    mean_dy = _per_channel(dbeta / count, ndim)               # mean(dy)
-    mean_dy_xhat = _per_channel(dgamma / count, ndim)         # mean(dy * xhat)
-    # dx = scale * (dy - mean(dy) - xhat * mean(dy * xhat)), in place on one new array:
-    dx = x_hat * -mean_dy_xhat
-    dx += dout
-    dx -= mean_dy
-    dx *= scale
-    return dx, dgamma, dbeta
+    mean_dy = (dbeta / count)[:, None]                        # mean(dy)
+    mean_dy_xhat = (dgamma / count)[:, None]                  # mean(dy * xhat)
+
+    def input_gradient(dy, x_hat, dx):
+        # dx = scale * (dy - mean(dy) - xhat * mean(dy * xhat))
+        np.multiply(x_hat, -mean_dy_xhat, out=dx)
+        dx += dy
+        dx -= mean_dy
+        dx *= scale
+
+    map_rows(input_gradient, dy, x_hat, dx)
+    return dx.reshape(shape), dgamma, dbeta

@@ -1,0 +1,152 @@
+"""npseg's CPU threads: the pool itself, and ops giving the same results on 1 and on N threads.
+
+The ops' own tests use small arrays, which run on the calling thread; the arrays here are large
+enough to be cut into pieces (``MIN_ELEMENTS_PER_PIECE``) or a batch into several image blocks.
+"""
+
+import threading
+
+import numpy as np
+import pytest
+
+import npseg
+from npseg import ops
+from npseg.ops import _threads
+
+BIG = 2 * _threads.MIN_ELEMENTS_PER_PIECE + 12340      # cut into pieces on >= 2 threads
+
+
+@pytest.fixture
+def threads():
+    """Set the thread count for one test and restore it afterwards."""
+    before = _threads.get_num_threads()
+    yield _threads.set_num_threads
+    _threads.set_num_threads(before)
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True, "2", None])
+def test_set_num_threads_rejects_non_positive_ints(bad):
+    with pytest.raises(ValueError, match="n must be an int >= 1"):
+        npseg.set_num_threads(bad)
+
+
+def test_get_and_set_num_threads_are_public(threads):
+    npseg.set_num_threads(3)
+    assert npseg.get_num_threads() == 3 == _threads.get_num_threads()
+
+
+def test_split_covers_the_range_in_order():
+    for n in (0, 1, 5, 16, 17):
+        for parts in (1, 2, 3, 40):
+            ranges = _threads.split(n, parts)
+            assert len(ranges) <= max(1, parts)
+            assert [i for a, b in ranges for i in range(a, b)] == list(range(n))
+
+
+def test_map_pieces_runs_on_pool_threads_and_keeps_order(threads):
+    threads(3)
+    barrier = threading.Barrier(3, timeout=10)        # only passes if 3 pieces run at once
+
+    def piece(k):
+        barrier.wait()
+        return k, threading.get_ident()
+
+    results = _threads.map_pieces(piece, range(3))
+    assert [k for k, _ in results] == [0, 1, 2]
+    assert threading.get_ident() not in {ident for _, ident in results}
+    assert len({ident for _, ident in results}) == 3
+
+
+def test_map_pieces_one_thread_runs_inline(threads):
+    threads(1)
+    assert _threads.map_pieces(lambda k: threading.get_ident(), range(4)) == \
+        [threading.get_ident()] * 4
+
+
+def test_map_pieces_propagates_errors(threads):
+    threads(2)
+
+    def piece(k):
+        if k == 1:
+            raise ValueError("piece 1 failed")
+        return k
+
+    with pytest.raises(ValueError, match="piece 1 failed"):
+        _threads.map_pieces(piece, range(2))
+
+
+def test_nested_map_pieces_runs_inline_in_a_worker(threads):
+    threads(2)
+
+    def outer(k):
+        inner = _threads.map_pieces(lambda j: threading.get_ident(), range(2))
+        return set(inner) == {threading.get_ident()}
+
+    assert _threads.map_pieces(outer, range(2)) == [True, True]
+
+
+def _run(n_threads, fn, threads):
+    threads(n_threads)
+    return fn()
+
+
+ELEMENTWISE = {
+    "relu": lambda x, d: ops.relu_backward(d, ops.relu_forward(x)[1])[0],
+    "relu_out": lambda x, d: ops.relu_forward(x)[0],
+    "leaky_relu": lambda x, d: ops.leaky_relu_backward(d, ops.leaky_relu_forward(x, 0.2)[1])[0],
+    "leaky_relu_out": lambda x, d: ops.leaky_relu_forward(x, 0.2)[0],
+    "sigmoid": lambda x, d: ops.sigmoid_backward(d, ops.sigmoid_forward(x)[1])[0],
+    "tanh": lambda x, d: ops.tanh_backward(d, ops.tanh_forward(x)[1])[0],
+    "bce": lambda x, d: ops.binary_cross_entropy_with_logits_forward(
+        x, 1 / (1 + np.exp(-d)), reduction="none")[0],
+    "bce_grad": lambda x, d: ops.binary_cross_entropy_with_logits_backward(
+        d, ops.binary_cross_entropy_with_logits_forward(x, 1 / (1 + np.exp(-d)),
+                                                        reduction="none")[1])[0],
+    "smooth_l1": lambda x, d: ops.smooth_l1_loss_forward(x, d, beta=0.5, reduction="none")[0],
+    "smooth_l1_grad": lambda x, d: ops.smooth_l1_loss_backward(
+        d, ops.smooth_l1_loss_forward(x, d, beta=0.5, reduction="none")[1])[0],
+}
+
+
+@pytest.mark.parametrize("name", sorted(ELEMENTWISE))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_elementwise_ops_are_bit_identical_on_several_threads(name, dtype, threads):
+    rng = np.random.default_rng(0)
+    x = (3 * rng.standard_normal(BIG)).astype(dtype).reshape(-1, 4)
+    d = rng.standard_normal(x.shape).astype(dtype)
+    one = _run(1, lambda: ELEMENTWISE[name](x, d), threads)
+    three = _run(3, lambda: ELEMENTWISE[name](x, d), threads)
+    assert one.dtype == dtype
+    np.testing.assert_array_equal(one, three)
+
+
+def test_batch_norm_on_several_threads_matches_one_thread(threads):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((12, 3, 200, 200)) * 2 + 1
+    dout = rng.standard_normal(x.shape)
+    gamma, beta = rng.random(3) + 0.5, rng.standard_normal(3)
+
+    def run():
+        stats = [np.zeros(3), np.ones(3)]
+        y, cache = ops.batch_norm_forward(x, gamma, beta, *stats, training=True)
+        return (y,) + ops.batch_norm_backward(dout, cache) + tuple(stats)
+
+    for a, b in zip(_run(1, run, threads), _run(3, run, threads)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_convolutions_on_several_threads_match_one_thread(transposed, threads):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((7, 4, 9, 11))
+    w = rng.standard_normal((4, 6, 3, 3) if transposed else (6, 4, 3, 3))
+    b = rng.standard_normal(6)
+    forward = ops.conv_transpose2d_forward if transposed else ops.conv2d_forward
+    backward = ops.conv_transpose2d_backward if transposed else ops.conv2d_backward
+
+    def run():
+        out, cache = forward(x, w, b, stride=2, padding=1)
+        return (out,) + backward(np.cos(out), cache)
+
+    for a, b_ in zip(_run(1, run, threads), _run(3, run, threads)):  # 7 images: 3 blocks
+        np.testing.assert_allclose(a, b_, rtol=1e-12, atol=1e-12)
