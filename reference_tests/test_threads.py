@@ -150,3 +150,15 @@ def test_convolutions_on_several_threads_match_one_thread(transposed, threads):
 
     for a, b_ in zip(_run(1, run, threads), _run(3, run, threads)):  # 7 images: 3 blocks
         np.testing.assert_allclose(a, b_, rtol=1e-12, atol=1e-12)
+
+
+def test_blas_thread_count_is_restored_after_the_pool(threads):
+    controls = _threads._blas_controls()
+    if controls is None:
+        pytest.skip("NumPy does not use OpenBLAS here")
+    get, _ = controls
+    before = get()
+    threads(2)
+    seen = _threads.map_pieces(lambda k: get(), range(2), uses_blas=True)
+    assert seen == [1, 1]                     # one BLAS thread per piece while the pool runs
+    assert get() == before                    # and the caller's count afterwards

@@ -5,10 +5,10 @@ several. Work that splits into independent pieces -- the image blocks of a convo
 of an elementwise op -- runs here on a small pool of threads instead, one piece per thread. NumPy
 releases the GIL inside its loops, so the pieces really run side by side.
 
-A pool thread asks OpenBLAS for a single thread of its own (``openblas_set_num_threads_local``),
-so T pieces that each multiply matrices use T cores, not T times OpenBLAS's threads. Where that
-call is not available (NumPy built on another BLAS), pieces that multiply matrices run one after
-the other on the calling thread, whose BLAS is multithreaded as usual; see :func:`map_pieces`.
+While pieces that multiply matrices run, OpenBLAS is set to one thread (and back afterwards), so
+T pieces use T cores, not T times OpenBLAS's threads; the calling thread only waits meanwhile.
+Where NumPy uses another BLAS, whose thread count npseg cannot set, such pieces run one after the
+other on the calling thread, with the BLAS multithreaded as usual; see :func:`map_pieces`.
 
 Results never depend on timing: every piece writes its own part of the output, and values that
 pieces return (partial sums) come back in piece order, to be added in that order. How the work
@@ -22,6 +22,7 @@ The count is ``npseg.set_num_threads(n)``; by default the environment variable
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import glob
 import math
@@ -74,39 +75,65 @@ def set_num_threads(n: int) -> None:
 
 # ------------------------------------------------------------------------------------ OpenBLAS
 
-def _find_openblas_local():
-    """``openblas_set_num_threads_local`` of the OpenBLAS NumPy uses, or None."""
+def _find_openblas():
+    """(get_num_threads, set_num_threads) of the OpenBLAS NumPy uses, or None.
+
+    NumPy's wheels bundle OpenBLAS under a prefixed name (``scipy_openblas_..64_``); other
+    builds export the plain names. None where NumPy uses another BLAS.
+    """
     root = os.path.dirname(os.path.dirname(np.__file__))
     patterns = (os.path.join(root, "numpy.libs", "*openblas*"),       # Linux and Windows wheels
                 os.path.join(os.path.dirname(np.__file__), ".dylibs", "*openblas*"))  # macOS
+    names = [(f"{prefix}openblas_get_num_threads{suffix}",
+              f"{prefix}openblas_set_num_threads{suffix}")
+             for prefix in ("scipy_", "") for suffix in ("64_", "")]
     for pattern in patterns:
         for path in sorted(glob.glob(pattern)):
             try:
-                function = ctypes.CDLL(path).openblas_set_num_threads_local
-            except (OSError, AttributeError):
+                library = ctypes.CDLL(path)
+            except OSError:
                 continue
-            function.argtypes, function.restype = [ctypes.c_int], ctypes.c_int
-            return function
+            for get_name, set_name in names:
+                getter = getattr(library, get_name, None)
+                setter = getattr(library, set_name, None)
+                if getter is not None and setter is not None:
+                    getter.argtypes, getter.restype = [], ctypes.c_int
+                    setter.argtypes, setter.restype = [ctypes.c_int], None
+                    return getter, setter
     return None
 
 
-_openblas_local = None
+_openblas = None
 _openblas_probed = False
 
 
-def _blas_per_thread():
-    """The per-thread OpenBLAS setter, looked up once, on first use."""
-    global _openblas_local, _openblas_probed
+def _blas_controls():
+    """OpenBLAS's (get, set) thread-count functions, looked up once, on first use; or None."""
+    global _openblas, _openblas_probed
     if not _openblas_probed:
-        _openblas_local, _openblas_probed = _find_openblas_local(), True
-    return _openblas_local
+        _openblas, _openblas_probed = _find_openblas(), True
+    return _openblas
+
+
+@contextlib.contextmanager
+def _single_threaded_blas():
+    """OpenBLAS on one thread per caller while the pool's pieces run, then as it was.
+
+    The count is global to the process; the calling thread only waits meanwhile.
+    """
+    get, set_ = _blas_controls()
+    before = get()
+    if before != 1:
+        set_(1)
+    try:
+        yield
+    finally:
+        if before != 1:
+            set_(before)
 
 
 def _init_worker():
     _state.worker = True
-    set_local = _blas_per_thread()
-    if set_local is not None:
-        set_local(1)
 
 
 def _get_pool(size: int) -> ThreadPoolExecutor:
@@ -136,9 +163,11 @@ def map_pieces(fn, pieces, uses_blas=False):
     pieces = list(pieces)
     threads = get_num_threads()
     if (len(pieces) < 2 or threads < 2 or getattr(_state, "worker", False)
-            or (uses_blas and _blas_per_thread() is None)):
+            or (uses_blas and _blas_controls() is None)):
         return [fn(p) for p in pieces]
-    return list(_get_pool(min(threads, len(pieces))).map(fn, pieces))
+    pool = _get_pool(min(threads, len(pieces)))
+    with _single_threaded_blas() if uses_blas else contextlib.nullcontext():
+        return list(pool.map(fn, pieces))
 
 
 def split(n: int, parts: int) -> list[tuple[int, int]]:
