@@ -263,41 +263,34 @@ def smooth_l1_loss_forward(pred, target, beta=1.0, reduction="mean"):
     beta = check_number(beta, "beta", low=0.0)
     reduction = check_reduction(reduction)
     xp = array_module(pred)
-    d, loss = xp.empty_like(pred), xp.empty_like(pred)
+    slope, loss = xp.empty_like(pred), xp.empty_like(pred)
 
-    def piece(pred, target, d, loss):
-        # Without a branch: with m = min(|d|, beta), the loss is a quadratic part up to beta
-        # plus a linear part beyond it,  l = 0.5 * m^2 / beta + (|d| - m),  which is
-        # 0.5 d^2 / beta for |d| < beta (m = |d|) and |d| - 0.5 beta otherwise (m = beta).
-        xp.subtract(pred, target, out=d)
-        xp.abs(d, out=loss)                                  # |d|
-        if beta == 0:
-            return                                           # the L1 loss
-        m = xp.minimum(loss, beta)
-        loss -= m                                            # |d| - m
-        m *= m
-        m *= 0.5 / beta
-        loss += m
+    def piece(pred, target, slope, loss):
+        # Without a branch, through the derivative u = dl/dd = clip(d / beta, -1, 1) (which is
+        # d / beta for |d| < beta and sign(d) otherwise):  l = u * (d - beta * u / 2),  i.e.
+        # 0.5 d^2 / beta for |d| < beta and |d| - 0.5 beta otherwise. u is also the cache.
+        d = xp.subtract(pred, target)
+        if beta == 0:                                        # the L1 loss; u = sign(d)
+            xp.sign(d, out=slope)
+            xp.abs(d, out=loss)
+            return
+        xp.divide(d, beta, out=slope)
+        xp.clip(slope, -1, 1, out=slope)                     # u
+        xp.multiply(slope, -0.5 * beta, out=loss)
+        loss += d                                            # d - beta * u / 2
+        loss *= slope
 
-    elementwise(piece, pred, target, d, loss)
-    return _reduce(loss, reduction), (d, beta, reduction)
+    elementwise(piece, pred, target, slope, loss)
+    return _reduce(loss, reduction), (slope, reduction)
 
 
 def smooth_l1_loss_backward(dout, cache):
     """dpred_i = upstream * (d_i / beta if |d_i| < beta else sign(d_i)). Returns ``(dpred,)``.
 
     upstream = dout_i ("none"), dout ("sum") or dout / (number of elements) ("mean"); with
-    beta = 0 the derivative is sign(d_i) (0 at d_i = 0, as in PyTorch).
+    beta = 0 the derivative is sign(d_i) (0 at d_i = 0, as in PyTorch). The forward pass left
+    u_i = clip(d_i / beta, -1, 1) (sign(d_i) for beta = 0) in the cache: dpred_i = upstream * u_i.
     """
-    d, beta, reduction = cache
-    _check_loss_dout(dout, reduction, d.shape, d.dtype)
-    xp = array_module(d)
-    grad = xp.empty_like(d)
-    # d / beta clipped to [-1, 1] is d / beta for |d| < beta and sign(d) otherwise.
-    if beta == 0:
-        elementwise(lambda d, grad: xp.sign(d, out=grad), d, grad)
-    else:
-        elementwise(lambda d, grad: xp.clip(xp.divide(d, beta, out=grad), -1, 1, out=grad),
-                    d, grad)
-    grad *= _upstream(dout, reduction, d.size)
-    return (grad,)
+    slope, reduction = cache
+    _check_loss_dout(dout, reduction, slope.shape, slope.dtype)
+    return (slope * _upstream(dout, reduction, slope.size),)
