@@ -163,3 +163,11 @@ def test_blas_thread_count_is_restored_after_the_pool(threads):
     seen = _threads.map_pieces(lambda k: get(), range(2), uses_blas=True)
     assert seen == [1, 1]                     # one BLAS thread per piece while the pool runs
     assert get() == before                    # and the caller's count afterwards
+
+
+def test_a_bad_npseg_num_threads_variable_is_named(monkeypatch):
+    monkeypatch.setenv("NPSEG_NUM_THREADS", "many")
+    with pytest.raises(ValueError, match="NPSEG_NUM_THREADS must be an integer >= 1, got 'many'"):
+        _threads._default_threads()
+    monkeypatch.setenv("NPSEG_NUM_THREADS", "3")
+    assert _threads._default_threads() == 3

@@ -48,10 +48,15 @@ _num_threads: int | None = None     # set_num_threads, or the environment's coun
 
 
 def _default_threads() -> int:
-    for var in ("NPSEG_NUM_THREADS", "OMP_NUM_THREADS"):
-        value = os.environ.get(var, "").strip()
-        if value.isdigit() and int(value) > 0:
-            return int(value)
+    value = os.environ.get("NPSEG_NUM_THREADS", "").strip()
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"the environment variable NPSEG_NUM_THREADS must be an integer "
+                             f">= 1, got {value!r}")
+        return int(value)
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()   # may be a list, as "4,2": skip it
+    if value.isdigit() and int(value) > 0:
+        return int(value)
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
