@@ -33,7 +33,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-__all__ = ["get_num_threads", "set_num_threads", "map_pieces", "map_rows", "elementwise"]
+__all__ = ["get_num_threads", "set_num_threads", "map_pieces", "map_rows", "elementwise",
+           "sum_in_order"]
 
 # A piece of an elementwise op must be worth handing to a thread: dispatching pieces costs about
 # 60 microseconds (measured on a 2-vCPU VM), and small NumPy calls on two threads contend for the
@@ -235,12 +236,18 @@ def elementwise(fn, *arrays):
 
     For elementwise work written in place: every array has the same shape, ``fn`` reads some of
     them and writes the others (``out=`` or in-place operators) position by position, so each
-    piece is computed on its own. Arrays that are not NumPy or not C-contiguous, and small ones,
-    go to ``fn`` whole.
+    piece is computed on its own. Arrays that are not NumPy or not C-contiguous go to ``fn``
+    whole, and so do small ones (one piece, see :func:`map_rows`).
     """
-    first = arrays[0]
-    if (type(first) is not np.ndarray or first.size < 2 * MIN_ELEMENTS_PER_PIECE
-            or not all(type(a) is np.ndarray and a.flags.c_contiguous for a in arrays)):
+    if not all(type(a) is np.ndarray and a.flags.c_contiguous for a in arrays):
         fn(*arrays)
         return
     map_rows(fn, *(a.reshape(-1) for a in arrays))
+
+
+def sum_in_order(parts, shape, dtype):
+    """The pieces' partial sums added in piece order (deterministic); zeros when there are none."""
+    total = np.zeros(shape, dtype=dtype)
+    for part in parts:
+        total += part
+    return total

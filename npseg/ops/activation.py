@@ -60,6 +60,15 @@ def _sigmoid(x):
     return y
 
 
+def _times(dout, factor):
+    """dout * factor as a new array (in parallel pieces on the CPU): the backward of ReLU and
+    leaky ReLU, whose caches hold the local derivative."""
+    xp = array_module(dout)
+    dx = xp.empty_like(dout, order="C")
+    elementwise(lambda dout, factor, dx: xp.multiply(dout, factor, out=dx), dout, factor, dx)
+    return dx
+
+
 # --- ReLU -------------------------------------------------------------------------------------
 
 def _relu_into(x, y, positive):
@@ -81,10 +90,7 @@ def relu_backward(dout, cache):
     """dx = dout where x > 0, else 0. Returns ``(dx,)``."""
     positive, dtype = cache
     check_dout(dout, positive.shape, dtype)
-    dx = array_module(dout).empty_like(dout, order="C")
-    elementwise(lambda dout, positive, dx: array_module(dx).multiply(dout, positive, out=dx),
-                dout, positive, dx)
-    return (dx,)
+    return (_times(dout, positive),)
 
 
 # --- leaky ReLU -------------------------------------------------------------------------------
@@ -114,10 +120,7 @@ def leaky_relu_backward(dout, cache):
     """dx = dout where x > 0, else negative_slope * dout. Returns ``(dx,)``."""
     (slope,) = cache
     check_dout(dout, slope.shape, slope.dtype)
-    dx = array_module(dout).empty_like(dout, order="C")
-    elementwise(lambda dout, slope, dx: array_module(dx).multiply(dout, slope, out=dx),
-                dout, slope, dx)
-    return (dx,)
+    return (_times(dout, slope),)
 
 
 # --- sigmoid ----------------------------------------------------------------------------------
@@ -133,10 +136,11 @@ def sigmoid_backward(dout, cache):
     """dx = dout * y * (1 - y) with y = sigmoid(x). Returns ``(dx,)``."""
     y = cache
     check_dout(dout, y.shape, y.dtype)
-    dx = array_module(y).empty_like(y)
+    xp = array_module(y)
+    dx = xp.empty_like(y)
 
     def piece(dout, y, dx):
-        array_module(y).subtract(1, y, out=dx)         # 1 - y
+        xp.subtract(1, y, out=dx)                      # 1 - y
         dx *= y
         dx *= dout
 
@@ -151,7 +155,7 @@ def tanh_forward(x):
     check_float_array(x, "x")
     xp = array_module(x)
     y = xp.empty_like(x)
-    elementwise(lambda x, y: array_module(x).tanh(x, out=y), x, y)
+    elementwise(lambda x, y: xp.tanh(x, out=y), x, y)
     return y, y
 
 
@@ -159,11 +163,12 @@ def tanh_backward(dout, cache):
     """dx = dout * (1 - y^2) with y = tanh(x). Returns ``(dx,)``."""
     y = cache
     check_dout(dout, y.shape, y.dtype)
-    dx = array_module(y).empty_like(y)
+    xp = array_module(y)
+    dx = xp.empty_like(y)
 
     def piece(dout, y, dx):
-        array_module(y).multiply(y, y, out=dx)
-        array_module(y).subtract(1, dx, out=dx)        # 1 - y^2
+        xp.multiply(y, y, out=dx)
+        xp.subtract(1, dx, out=dx)                     # 1 - y^2
         dx *= dout
 
     elementwise(piece, dout, y, dx)

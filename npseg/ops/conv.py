@@ -64,7 +64,7 @@ import threading
 import numpy as np
 
 from ._checks import check_float_array, check_int, check_same_dtype, check_shape, pair
-from ._threads import get_num_threads, map_pieces
+from ._threads import get_num_threads, map_pieces, sum_in_order
 from .im2col import _col2im_pitched, _im2col_pitched, _Pitch, _windows_count
 
 __all__ = ["conv2d_forward", "conv2d_backward",
@@ -160,15 +160,6 @@ def _run_blocks(block, blocks):
     return map_pieces(lambda bounds: block(*bounds), blocks, uses_blas=True)
 
 
-def _sum_in_order(parts, shape, dtype):
-    """The blocks' partial weight gradients added in block order (deterministic); zeros for an
-    empty batch."""
-    total = np.zeros(shape, dtype=dtype)
-    for part in parts:
-        total += part
-    return total
-
-
 # ---------------------------------------------------------------------------------- conv2d
 
 def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
@@ -235,7 +226,7 @@ def conv2d_backward(dout, cache):
         return dw
 
     blocks = _image_blocks(N, C_in * w.shape[2] * w.shape[3] * pitch.L * x.itemsize)
-    dw = _sum_in_order(_run_blocks(block, blocks), (G, C_out // G, K), x.dtype)
+    dw = sum_in_order(_run_blocks(block, blocks), (G, C_out // G, K), x.dtype)
     return dx, dw.reshape(w.shape), db
 
 
@@ -323,5 +314,5 @@ def conv_transpose2d_backward(dout, cache):
         return np.matmul(x_p, dcols.swapaxes(-1, -2)).sum(axis=0)  # this block's part of dW
 
     blocks = _image_blocks(N, C_out * w.shape[2] * w.shape[3] * pitch.L * x.itemsize)
-    dw = _sum_in_order(_run_blocks(block, blocks), (G, C_in // G, K), x.dtype)
+    dw = sum_in_order(_run_blocks(block, blocks), (G, C_in // G, K), x.dtype)
     return dx, dw.reshape(w.shape), db

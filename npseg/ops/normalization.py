@@ -30,7 +30,7 @@ import numpy as np
 from npseg.ops._checks import (check_bool, check_float_array, check_number, check_same_dtype,
                                check_shape)
 from npseg.ops._checks import check_dout
-from npseg.ops._threads import map_rows
+from npseg.ops._threads import map_rows, sum_in_order
 
 __all__ = ["batch_norm_forward", "batch_norm_backward"]
 
@@ -52,14 +52,6 @@ def _channel_sum(a):
 def _channel_dot(a, b):
     """sum(a * b) over axes 0 and 2 of (N, C, L) arrays, as a (C,) vector, with no temporary."""
     return np.einsum("ncl,ncl->c", a, b)
-
-
-def _sum_pieces(parts):
-    """The sum of the pieces' partial (C,) sums, added in piece order (deterministic)."""
-    total = parts[0].copy()
-    for part in parts[1:]:
-        total += part
-    return total
 
 
 def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, momentum=0.1,
@@ -104,14 +96,15 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, mome
     batch_stats = training and count > 1
     x3 = _rows(x)                                             # (N, C, L) view
     if batch_stats:
-        mean = _sum_pieces(map_rows(_channel_sum, x3)) / count
+        mean = sum_in_order(map_rows(_channel_sum, x3), channels, x.dtype) / count
         x_centered = np.empty_like(x3)
 
         def center(x, x_centered):                            # x - mu, and sum((x - mu)^2)
             np.subtract(x, mean[:, None], out=x_centered)
             return _channel_dot(x_centered, x_centered)
 
-        var = _sum_pieces(map_rows(center, x3, x_centered)) / count   # biased: divides by M
+        var = sum_in_order(map_rows(center, x3, x_centered), channels, x.dtype) / count
+        # (biased: divides by M)
         # The running statistics: the one permitted in-place update of an argument.
         running_mean *= 1 - momentum
         running_mean += momentum * mean
@@ -154,8 +147,9 @@ def batch_norm_backward(dout, cache):
     dy = _rows(dout)
     scale = (gamma * inv_sigma)[:, None]                      # gamma / sigma, (C, 1)
     sums = map_rows(lambda dy, x_hat: (_channel_sum(dy), _channel_dot(dy, x_hat)), dy, x_hat)
-    dbeta = _sum_pieces([s[0] for s in sums])                 # sum(dy)
-    dgamma = _sum_pieces([s[1] for s in sums])                # sum(dy * xhat)
+    channels, dtype = x_hat.shape[1], x_hat.dtype
+    dbeta = sum_in_order([s[0] for s in sums], channels, dtype)        # sum(dy)
+    dgamma = sum_in_order([s[1] for s in sums], channels, dtype)       # sum(dy * xhat)
     dx = np.empty_like(x_hat)
     if not batch_stats:
         map_rows(lambda dy, dx: np.multiply(dy, scale, out=dx), dy, dx)
