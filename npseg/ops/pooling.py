@@ -143,7 +143,7 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_
     Returns ``((y, indices), cache)``: y (N, C, H_out, W_out) of x's dtype, indices int64.
     """
     g = _geometry(x, kernel_size, stride, padding, dilation, ceil_mode)
-    (H, W), (Ho, Wo) = g["size"], g["out"]
+    W, (Ho, Wo) = g["size"][1], g["out"]
     (sh, sw), (ph, pw), (dh, dw), (kh, kw) = g["s"], g["p"], g["d"], g["k"]
     xp = _pad(x, g, -np.inf)
     y, arg = _running_max(xp, g, nan_aware=False)
