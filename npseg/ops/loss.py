@@ -71,6 +71,30 @@ def _check_classes(t, counted, classes: int, ignore_index: int):
                          f"({ignore_index}), got values from {t[bad].min()} to {t[bad].max()}")
 
 
+def _check_cross_entropy(logits, target, weight, ignore_index, reduction, pixel_weight):
+    """Validate the arguments of :func:`cross_entropy_forward` (both devices use it); returns
+    ``(n, classes, ignore_index, reduction)``."""
+    check_float_array(logits, "logits")
+    if logits.ndim < 2:
+        raise ValueError(f"logits must be (N, C) or (N, C, d1, ...), "
+                         f"got shape {tuple(logits.shape)}")
+    n, classes = logits.shape[:2]
+    if classes == 0:
+        raise ValueError(f"logits must have at least one class (axis 1), "
+                         f"got shape {tuple(logits.shape)}")
+    check_int_array(target, "target", shape=(n,) + tuple(logits.shape[2:]))
+    ignore_index = check_int(ignore_index, "ignore_index")
+    reduction = check_reduction(reduction)
+    if weight is not None:
+        check_float_array(weight, "weight")
+        check_shape(weight, "weight", (classes,))
+    if pixel_weight is not None:
+        check_float_array(pixel_weight, "pixel_weight")
+        check_shape(pixel_weight, "pixel_weight", target.shape)
+    check_same_dtype(logits, "logits", weight=weight, pixel_weight=pixel_weight)
+    return n, classes, ignore_index, reduction
+
+
 def cross_entropy_forward(logits, target, weight=None, ignore_index=-100, reduction="mean",
                           pixel_weight=None):
     """Softmax cross entropy over the classes on axis 1. Returns ``(loss, cache)``.
@@ -91,24 +115,8 @@ def cross_entropy_forward(logits, target, weight=None, ignore_index=-100, reduct
     "mean" gives sum w_i l_i / sum w_i. As in PyTorch, "mean" is 0/0 = nan when every element is
     ignored (or all weights are 0).
     """
-    check_float_array(logits, "logits")
-    if logits.ndim < 2:
-        raise ValueError(f"logits must be (N, C) or (N, C, d1, ...), "
-                         f"got shape {tuple(logits.shape)}")
-    n, classes = logits.shape[:2]
-    if classes == 0:
-        raise ValueError(f"logits must have at least one class (axis 1), "
-                         f"got shape {tuple(logits.shape)}")
-    check_int_array(target, "target", shape=(n,) + tuple(logits.shape[2:]))
-    ignore_index = check_int(ignore_index, "ignore_index")
-    reduction = check_reduction(reduction)
-    if weight is not None:
-        check_float_array(weight, "weight")
-        check_shape(weight, "weight", (classes,))
-    if pixel_weight is not None:
-        check_float_array(pixel_weight, "pixel_weight")
-        check_shape(pixel_weight, "pixel_weight", target.shape)
-    check_same_dtype(logits, "logits", weight=weight, pixel_weight=pixel_weight)
+    n, classes, ignore_index, reduction = _check_cross_entropy(
+        logits, target, weight, ignore_index, reduction, pixel_weight)
 
     # Work on (N, C, D) with D the number of positions (1 for (N, C) logits): the class axis in
     # the middle, one target per (n, d).
@@ -195,19 +203,9 @@ def _bce_with_logits_into(x, t, loss):
     loss -= x * t
 
 
-def binary_cross_entropy_with_logits_forward(logits, target, weight=None, reduction="mean"):
-    """Binary cross entropy of sigmoid(logits) against ``target``. Returns ``(loss, cache)``.
-
-    Shapes: ``logits`` any shape; ``target`` exactly ``logits``' shape (no broadcasting),
-    probabilities in [0, 1] of ``logits``' dtype; ``weight`` any shape that broadcasts to
-    ``logits``' shape (as in PyTorch: a per-channel weight of shape (C, 1, 1), ...).
-
-        l_i = -[t_i log s(x_i) + (1 - t_i) log(1 - s(x_i))]
-            = max(x_i, 0) - x_i t_i + log(1 + exp(-|x_i|))        (stable for any x_i)
-
-    "none" gives w_i * l_i (``logits``' shape), "sum" sum w_i l_i, "mean" sum w_i l_i / (number
-    of elements): as in PyTorch, the weights do not change the divisor.
-    """
+def _check_bce_with_logits(logits, target, weight, reduction):
+    """Validate the arguments of :func:`binary_cross_entropy_with_logits_forward` (both devices
+    use it); returns ``reduction``."""
     check_float_array(logits, "logits")
     check_float_array(target, "target")
     check_shape(target, "target", logits.shape)
@@ -221,6 +219,23 @@ def binary_cross_entropy_with_logits_forward(logits, target, weight=None, reduct
             raise ValueError(f"weight must broadcast to the shape of logits {tuple(logits.shape)}, "
                              f"got shape {tuple(weight.shape)}")
     reduction = check_reduction(reduction)
+    return reduction
+
+
+def binary_cross_entropy_with_logits_forward(logits, target, weight=None, reduction="mean"):
+    """Binary cross entropy of sigmoid(logits) against ``target``. Returns ``(loss, cache)``.
+
+    Shapes: ``logits`` any shape; ``target`` exactly ``logits``' shape (no broadcasting),
+    probabilities in [0, 1] of ``logits``' dtype; ``weight`` any shape that broadcasts to
+    ``logits``' shape (as in PyTorch: a per-channel weight of shape (C, 1, 1), ...).
+
+        l_i = -[t_i log s(x_i) + (1 - t_i) log(1 - s(x_i))]
+            = max(x_i, 0) - x_i t_i + log(1 + exp(-|x_i|))        (stable for any x_i)
+
+    "none" gives w_i * l_i (``logits``' shape), "sum" sum w_i l_i, "mean" sum w_i l_i / (number
+    of elements): as in PyTorch, the weights do not change the divisor.
+    """
+    reduction = _check_bce_with_logits(logits, target, weight, reduction)
     loss = array_module(logits).empty_like(logits)
     elementwise(_bce_with_logits_into, logits, target, loss)
     if weight is not None:
@@ -245,6 +260,18 @@ def binary_cross_entropy_with_logits_backward(dout, cache):
 
 # --- smooth L1 --------------------------------------------------------------------------------
 
+def _check_smooth_l1(pred, target, beta, reduction):
+    """Validate the arguments of :func:`smooth_l1_loss_forward` (both devices use it); returns
+    ``(beta, reduction)``."""
+    check_float_array(pred, "pred")
+    check_float_array(target, "target")
+    check_shape(target, "target", pred.shape)
+    check_same_dtype(pred, "pred", target=target)
+    beta = check_number(beta, "beta", low=0.0)
+    reduction = check_reduction(reduction)
+    return beta, reduction
+
+
 def smooth_l1_loss_forward(pred, target, beta=1.0, reduction="mean"):
     """Smooth L1 (Huber-like) loss of d = pred - target. Returns ``(loss, cache)``.
 
@@ -256,12 +283,7 @@ def smooth_l1_loss_forward(pred, target, beta=1.0, reduction="mean"):
     ``beta`` >= 0; beta = 0 is exactly the L1 loss |d_i| (as in PyTorch). "mean" divides by the
     number of elements. ``target`` is a constant: only ``pred`` gets a gradient.
     """
-    check_float_array(pred, "pred")
-    check_float_array(target, "target")
-    check_shape(target, "target", pred.shape)
-    check_same_dtype(pred, "pred", target=target)
-    beta = check_number(beta, "beta", low=0.0)
-    reduction = check_reduction(reduction)
+    beta, reduction = _check_smooth_l1(pred, target, beta, reduction)
     xp = array_module(pred)
     slope, loss = xp.empty_like(pred), xp.empty_like(pred)
 

@@ -54,22 +54,9 @@ def _channel_dot(a, b):
     return np.einsum("ncl,ncl->c", a, b)
 
 
-def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, momentum=0.1,
-                       eps=1e-5):
-    """y = gamma * (x - mu) / sqrt(var + eps) + beta, per channel (axis 1).
-
-    Shapes: ``x`` (N, C), (N, C, L) or (N, C, H, W); ``gamma``, ``beta``, ``running_mean`` and
-    ``running_var`` (C,), all of ``x``'s dtype; ``y`` has ``x``'s shape and dtype.
-
-    ``training=True``: mu and var are the mean and the biased variance of the batch over every
-    axis but 1, and ``running_mean`` / ``running_var`` are updated **in place** with ``momentum``
-    (the running variance with the unbiased batch variance, as in PyTorch). A batch with a single
-    value per channel (N * L == 1) raises ``ValueError``: its variance is undefined. An empty
-    batch returns an empty output and leaves the running statistics alone.
-    ``training=False``: mu and var are ``running_mean`` and ``running_var`` (left unchanged).
-
-    Returns ``(y, cache)``.
-    """
+def _check_batch_norm(x, gamma, beta, running_mean, running_var, training, momentum, eps):
+    """Validate the arguments of :func:`batch_norm_forward` (both devices use it); returns
+    ``(training, momentum, eps, channels, count)``, count = M, the values per channel."""
     check_float_array(x, "x")
     if x.ndim not in (2, 3, 4):
         raise ValueError(f"x must be 2-D (N, C), 3-D (N, C, L) or 4-D (N, C, H, W), "
@@ -93,6 +80,36 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, mome
     if training and count == 1:
         raise ValueError(f"x must have more than 1 value per channel when training, "
                          f"got shape {tuple(x.shape)}")
+    return training, momentum, eps, channels, count
+
+
+def _update_running_stats(running_mean, running_var, mean, var, momentum, count):
+    """The running statistics follow the batch's, in place: the one permitted in-place update
+    of an argument (both devices use it)."""
+    running_mean *= 1 - momentum
+    running_mean += momentum * mean
+    running_var *= 1 - momentum
+    running_var += momentum * var * (count / (count - 1))  # unbiased: divides by M - 1
+
+
+def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, momentum=0.1,
+                       eps=1e-5):
+    """y = gamma * (x - mu) / sqrt(var + eps) + beta, per channel (axis 1).
+
+    Shapes: ``x`` (N, C), (N, C, L) or (N, C, H, W); ``gamma``, ``beta``, ``running_mean`` and
+    ``running_var`` (C,), all of ``x``'s dtype; ``y`` has ``x``'s shape and dtype.
+
+    ``training=True``: mu and var are the mean and the biased variance of the batch over every
+    axis but 1, and ``running_mean`` / ``running_var`` are updated **in place** with ``momentum``
+    (the running variance with the unbiased batch variance, as in PyTorch). A batch with a single
+    value per channel (N * L == 1) raises ``ValueError``: its variance is undefined. An empty
+    batch returns an empty output and leaves the running statistics alone.
+    ``training=False``: mu and var are ``running_mean`` and ``running_var`` (left unchanged).
+
+    Returns ``(y, cache)``.
+    """
+    training, momentum, eps, channels, count = _check_batch_norm(
+        x, gamma, beta, running_mean, running_var, training, momentum, eps)
     batch_stats = training and count > 1
     x3 = _rows(x)                                             # (N, C, L) view
     if batch_stats:
@@ -105,11 +122,7 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, mome
 
         var = sum_in_order(map_rows(center, x3, x_centered), channels, x.dtype) / count
         # (biased: divides by M)
-        # The running statistics: the one permitted in-place update of an argument.
-        running_mean *= 1 - momentum
-        running_mean += momentum * mean
-        running_var *= 1 - momentum
-        running_var += momentum * var * (count / (count - 1))  # unbiased: divides by M - 1
+        _update_running_stats(running_mean, running_var, mean, var, momentum, count)
     else:
         # Evaluation (or an empty training batch): the running statistics are constants.
         mean, var = running_mean, running_var

@@ -15,8 +15,8 @@ import math
 
 import numpy as np
 
-from npseg.ops._checks import (check_float_array, check_int, check_int_array, check_number,
-                               check_reduction, check_same_dtype, check_shape)
+from npseg.ops.loss import (_check_bce_with_logits, _check_cross_entropy, _check_smooth_l1,
+                            _reduce)
 from npseg_gpu._device import xp
 from npseg_gpu.kernels import loss as K
 from npseg_gpu.kernels._launch import launch
@@ -28,19 +28,6 @@ __all__ = [
     "binary_cross_entropy_with_logits_forward", "binary_cross_entropy_with_logits_backward",
     "smooth_l1_loss_forward", "smooth_l1_loss_backward",
 ]
-
-
-def _reduce(loss, reduction: str):
-    """Per-element ``loss`` -> itself ("none"), its sum or its mean (a 0-d device array)."""
-    if reduction == "none":
-        return loss
-    m = xp()
-    if reduction == "mean" and loss.size == 0:
-        return m.asarray(math.nan, dtype=loss.dtype)      # the mean of nothing, as in PyTorch
-    total = loss.sum()
-    if reduction == "mean":
-        total = total / loss.size
-    return m.asarray(total, dtype=loss.dtype)
 
 
 def _check_loss_dout(dout, reduction: str, shape, dtype):
@@ -72,24 +59,8 @@ def cross_entropy_forward(logits, target, weight=None, ignore_index=-100, reduct
     Returns ``(loss, cache)``: w_i l_i ("none", ``target``'s shape), their sum, or their sum
     divided by sum_i w_i ("mean"; nan when every weight is 0).
     """
-    check_float_array(logits, "logits")
-    if logits.ndim < 2:
-        raise ValueError(f"logits must be (N, C) or (N, C, d1, ...), "
-                         f"got shape {tuple(logits.shape)}")
-    n, classes = logits.shape[:2]
-    if classes == 0:
-        raise ValueError(f"logits must have at least one class (axis 1), "
-                         f"got shape {tuple(logits.shape)}")
-    check_int_array(target, "target", shape=(n,) + tuple(logits.shape[2:]))
-    ignore_index = check_int(ignore_index, "ignore_index")
-    reduction = check_reduction(reduction)
-    if weight is not None:
-        check_float_array(weight, "weight")
-        check_shape(weight, "weight", (classes,))
-    if pixel_weight is not None:
-        check_float_array(pixel_weight, "pixel_weight")
-        check_shape(pixel_weight, "pixel_weight", target.shape)
-    check_same_dtype(logits, "logits", weight=weight, pixel_weight=pixel_weight)
+    n, classes, ignore_index, reduction = _check_cross_entropy(
+        logits, target, weight, ignore_index, reduction, pixel_weight)
     for name, a in (("logits", logits), ("target", target), ("weight", weight),
                     ("pixel_weight", pixel_weight)):
         require_device(a, name)
@@ -162,19 +133,7 @@ def binary_cross_entropy_with_logits_forward(logits, target, weight=None, reduct
 
     Returns ``(loss, cache)``; "mean" divides by the number of elements.
     """
-    check_float_array(logits, "logits")
-    check_float_array(target, "target")
-    check_shape(target, "target", logits.shape)
-    check_same_dtype(logits, "logits", target=target, weight=weight)
-    if weight is not None:
-        try:
-            broadcast = np.broadcast_shapes(weight.shape, logits.shape)
-        except ValueError:
-            broadcast = None
-        if broadcast != tuple(logits.shape):
-            raise ValueError(f"weight must broadcast to the shape of logits {tuple(logits.shape)}, "
-                             f"got shape {tuple(weight.shape)}")
-    reduction = check_reduction(reduction)
+    reduction = _check_bce_with_logits(logits, target, weight, reduction)
     for name, a in (("logits", logits), ("target", target), ("weight", weight)):
         require_device(a, name)
 
@@ -211,12 +170,7 @@ def smooth_l1_loss_forward(pred, target, beta=1.0, reduction="mean"):
 
     Returns ``(loss, cache)``.
     """
-    check_float_array(pred, "pred")
-    check_float_array(target, "target")
-    check_shape(target, "target", pred.shape)
-    check_same_dtype(pred, "pred", target=target)
-    beta = check_number(beta, "beta", low=0.0)
-    reduction = check_reduction(reduction)
+    beta, reduction = _check_smooth_l1(pred, target, beta, reduction)
     require_device(pred, "pred")
     require_device(target, "target")
 

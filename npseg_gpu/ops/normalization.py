@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import math
 
-from npseg.ops._checks import (check_bool, check_float_array, check_number, check_same_dtype,
-                               check_shape)
+from npseg.ops.normalization import _check_batch_norm, _update_running_stats
 from npseg_gpu._device import xp
 from npseg_gpu.kernels import batchnorm as K
 from npseg_gpu.kernels._launch import launch, launch_blocks
@@ -34,38 +33,18 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, mome
 
     Returns ``(y, cache)``.
     """
-    check_float_array(x, "x")
-    if x.ndim not in (2, 3, 4):
-        raise ValueError(f"x must be 2-D (N, C), 3-D (N, C, L) or 4-D (N, C, H, W), "
-                         f"got shape {tuple(x.shape)}")
-    channels = x.shape[1]
-    for name, v in (("gamma", gamma), ("beta", beta), ("running_mean", running_mean),
+    training, momentum, eps, channels, count = _check_batch_norm(
+        x, gamma, beta, running_mean, running_var, training, momentum, eps)
+    for name, v in (("x", x), ("gamma", gamma), ("beta", beta), ("running_mean", running_mean),
                     ("running_var", running_var)):
-        check_float_array(v, name)
-        check_shape(v, name, (channels,))
         require_device(v, name)
-    check_same_dtype(x, "x", gamma=gamma, beta=beta, running_mean=running_mean,
-                     running_var=running_var)
-    require_device(x, "x")
-    training = check_bool(training, "training")
-    momentum = check_number(momentum, "momentum", low=0.0, high=1.0)
-    eps = check_number(eps, "eps", low=0.0, low_open=True)
-
-    count = x.size // channels if channels else 0          # M: values per channel
-    if training and count == 1:
-        raise ValueError(f"x must have more than 1 value per channel when training, "
-                         f"got shape {tuple(x.shape)}")
     x3 = _as_ncl(x)
     batch_stats = training and count > 1
     if batch_stats:
         mean = empty((channels,), x.dtype)
         var = empty((channels,), x.dtype)
         launch_blocks(K.channel_mean_var_kernel, channels, x3, mean, var)
-        # the running statistics: the one permitted in-place update of an argument
-        running_mean *= 1 - momentum
-        running_mean += momentum * mean
-        running_var *= 1 - momentum
-        running_var += momentum * var * (count / (count - 1))  # unbiased: divides by M - 1
+        _update_running_stats(running_mean, running_var, mean, var, momentum, count)
     else:
         mean, var = running_mean, running_var
 
