@@ -12,8 +12,7 @@ own (``npseg.ops._checks`` and the CPU modules' argument checks read only shapes
 Importing this package needs numba-cuda but compiles nothing and touches no GPU.
 """
 
-import importlib as _importlib
-import pkgutil as _pkgutil
+from npseg.ops._registry import collect_ops as _collect_ops
 
 try:
     import numba.cuda as _numba_cuda  # noqa: F401  (fail here, clearly, without numba-cuda)
@@ -22,15 +21,4 @@ except ImportError as _error:
 
     raise ImportError(f"npseg_gpu.ops needs numba-cuda: {_HINT}") from _error
 
-__all__ = []
-OPS = {}
-for _info in sorted(_pkgutil.iter_modules(__path__), key=lambda m: m.name):
-    if _info.name.startswith("_"):
-        continue
-    _module = _importlib.import_module(f"{__name__}.{_info.name}")
-    for _name in _module.__all__:
-        if _name in OPS:
-            raise ImportError(f"npseg_gpu.ops: {_name} is defined twice")
-        OPS[_name] = globals()[_name] = getattr(_module, _name)
-        __all__.append(_name)
-__all__.append("OPS")
+OPS, __all__ = _collect_ops(__name__, __path__, globals())
