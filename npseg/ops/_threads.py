@@ -216,19 +216,20 @@ def split(n: int, parts: int) -> list[tuple[int, int]]:
     return [(start, min(start + step, n)) for start in range(0, n, step)] or [(0, 0)]
 
 
-def map_rows(fn, *arrays, min_elements=MIN_ELEMENTS_PER_PIECE):
+def map_rows(fn, *arrays, min_elements=MIN_ELEMENTS_PER_PIECE, uses_blas=False):
     """Cut every array along axis 0 into the same pieces and call ``fn(*pieces)`` on each.
 
     All arrays must have the same length along axis 0; a piece holds at least ``min_elements``
     elements of the first array (so small arrays make one piece, run on the calling thread).
-    Returns the list of what ``fn`` returned, in row order.
+    ``uses_blas``: ``fn`` multiplies matrices (see :func:`map_pieces`). Returns the list of what
+    ``fn`` returned, in row order.
     """
     first = arrays[0]
     n = first.shape[0]
     parts = min(get_num_threads(), first.size // max(1, min_elements), n)
     if parts < 2:
         return [fn(*arrays)]
-    return map_pieces(lambda r: fn(*(a[r[0]:r[1]] for a in arrays)), split(n, parts))
+    return map_pieces(lambda r: fn(*(a[r[0]:r[1]] for a in arrays)), split(n, parts), uses_blas)
 
 
 def elementwise(fn, *arrays):
