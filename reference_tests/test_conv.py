@@ -163,6 +163,9 @@ CONV_EXAMPLES = [
          dilation=(1, 1), size=(7, 6), output_padding=(0, 0), bias=True),
     dict(N=1, G=2, cin_g=2, cout_g=1, kernel=(3, 2), stride=(1, 2), padding=(2, 1),
          dilation=(2, 1), size=(5, 7), output_padding=(0, 0), bias=False),
+    # stride 1: the input gradient as a convolution of dout (_input_gradient_as_conv2d)
+    dict(N=2, G=2, cin_g=2, cout_g=3, kernel=(3, 2), stride=(1, 1), padding=(1, 0),
+         dilation=(2, 1), size=(6, 5), output_padding=(0, 0), bias=True),
 ]
 CONV_T_EXAMPLES = [
     dict(N=2, G=1, cin_g=2, cout_g=2, kernel=(4, 4), stride=(2, 2), padding=(1, 1),
@@ -174,6 +177,7 @@ CONV_T_EXAMPLES = [
 
 @example(CONV_EXAMPLES[0], 1)
 @example(CONV_EXAMPLES[1], 2)
+@example(CONV_EXAMPLES[2], 3)
 @given(conv_configs(), st.integers(0, 2**16))
 def test_conv2d_gradients(cfg, seed):
     x, w, b, kwargs = make_conv(cfg, seed)
@@ -275,6 +279,33 @@ def test_stride_subsamples_the_stride_one_conv(cfg, seed):
     sh, sw = kwargs.pop("stride")
     dense, _ = ops.conv2d_forward(x, w, b, stride=1, **kwargs)
     np.testing.assert_allclose(out, dense[:, :, ::sh, ::sw][:, :, :out.shape[2], :out.shape[3]],
+                               rtol=1e-12, atol=1e-12)
+
+
+@given(conv_configs(), st.integers(0, 2**16), st.integers(1, 3))
+def test_input_gradient_as_a_convolution_equals_col2im(cfg, seed, cout_factor):
+    """With stride 1 the input gradient is conv2d(dout, flipped w^T); it must give col2im's dx
+    (the other path), for every padding the identity holds for and any channel ratio."""
+    cfg = dict(cfg, stride=(1, 1), cout_g=cfg["cout_g"] * cout_factor)
+    x, w, b, kwargs = make_conv(cfg, seed)
+    out, cache = ops.conv2d_forward(x, w, b, **kwargs)
+    dout = np.random.default_rng(seed).standard_normal(out.shape)
+    pitch = cache[3]
+    as_conv2d = conv_module._input_gradient_as_conv2d(w, cfg["G"], pitch)
+    fits = all(p <= d * (k - 1) for p, d, k in zip(cfg["padding"], cfg["dilation"],
+                                                   cfg["kernel"]))
+    assert (as_conv2d is not None) == (fits and cfg["cout_g"] <= 2 * cfg["cin_g"])
+    if as_conv2d is None:
+        return
+    w_t, pitch_t = as_conv2d
+    dx_conv = np.empty_like(x)
+    conv_module._conv2d_block(dout, w_t, None, cfg["G"], pitch_t, dx_conv)
+    dcols = np.matmul(w.reshape(cfg["G"], -1, w[0].size).swapaxes(-1, -2),
+                      pitch.to_pitch(dout).reshape(x.shape[0], cfg["G"], -1, pitch.L))
+    dx_col2im = conv_module._col2im_pitched(
+        dcols.reshape((x.shape[0], x.shape[1]) + cfg["kernel"] + (pitch.L,)), pitch)
+    np.testing.assert_allclose(dx_conv, dx_col2im, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(ops.conv2d_backward(dout, cache)[0], dx_col2im,
                                rtol=1e-12, atol=1e-12)
 
 

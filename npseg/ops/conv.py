@@ -180,22 +180,25 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
     Ho, Wo = _windows_count((H, W), kernel, stride, padding, dilation, "w")
     pitch = _Pitch((H, W), (Ho, Wo), kernel, stride, padding, dilation)
 
-    K = C_in // G * kernel[0] * kernel[1]  # rows of the column matrix of one group
-    w_g = w.reshape(G, C_out // G, K)
     out = np.empty((N, C_out, Ho, Wo), dtype=x.dtype)
-
-    def block(start, stop):
-        n = stop - start
-        cols = _im2col_pitched(x[start:stop], pitch,
-                               out=_workspace((n, C_in) + tuple(kernel) + (pitch.L,), x.dtype))
-        # out[n, g] = W[g] @ cols[n, g]: one GEMM per (n, g), then drop the junk columns
-        out_p = np.matmul(w_g, cols.reshape(n, G, K, pitch.L))
-        out[start:stop] = pitch.from_pitch(out_p.reshape(n, C_out, pitch.L))
-        if b is not None:
-            out[start:stop] += b.reshape(-1, 1, 1)
-
-    _run_blocks(block, _image_blocks(N, C_in * kernel[0] * kernel[1] * pitch.L * x.itemsize))
+    blocks = _image_blocks(N, C_in * kernel[0] * kernel[1] * pitch.L * x.itemsize)
+    _run_blocks(lambda start, stop: _conv2d_block(x[start:stop], w, b, G, pitch,
+                                                  out[start:stop]), blocks)
     return out, (x, w, b is not None, pitch, G)
+
+
+def _conv2d_block(x, w, b, G, pitch, out):
+    """out = conv2d(x, w, b) for one block of images: im2col into the thread's workspace, one
+    GEMM per (image, group), the junk columns dropped. ``pitch`` describes x's windows."""
+    n, C_in = x.shape[:2]
+    C_out, kernel = w.shape[0], w.shape[2:]
+    K = C_in // G * kernel[0] * kernel[1]  # rows of the column matrix of one group
+    cols = _im2col_pitched(x, pitch, out=_workspace((n, C_in) + kernel + (pitch.L,), x.dtype))
+    # out[n, g] = W[g] @ cols[n, g]: one GEMM per (n, g), then drop the junk columns
+    out_p = np.matmul(w.reshape(G, C_out // G, K), cols.reshape(n, G, K, pitch.L))
+    out[...] = pitch.from_pitch(out_p.reshape(n, C_out, pitch.L))
+    if b is not None:
+        out += b.reshape(-1, 1, 1)
 
 
 def conv2d_backward(dout, cache):
@@ -203,6 +206,10 @@ def conv2d_backward(dout, cache):
 
     dW[g] = sum_n dout[n, g] @ cols[n, g]^T,  dx = col2im(W[g]^T @ dout[n, g]),
     db[o] = sum_{n, i, j} dout[n, o, i, j].
+
+    With stride 1 (and padding <= d*(k - 1)), dx is computed as the equivalent convolution
+    dx = conv2d(dout, flip(W)^T, padding=d*(k - 1) - padding) instead (see
+    :func:`_input_gradient_as_conv2d`).
     """
     x, w, has_bias, pitch, G = cache
     N, C_in = x.shape[:2]
@@ -213,6 +220,7 @@ def conv2d_backward(dout, cache):
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None
     w_g = w.reshape(G, C_out // G, K)
     dx = np.empty_like(x, order="C")
+    as_conv2d = _input_gradient_as_conv2d(w, G, pitch)
 
     def block(start, stop):
         n = stop - start
@@ -221,13 +229,50 @@ def conv2d_backward(dout, cache):
                                out=_workspace((n, C_in) + w.shape[2:] + (pitch.L,), x.dtype))
         cols_g = cols.reshape(n, G, K, pitch.L)
         dw = np.matmul(dout_p, cols_g.swapaxes(-1, -2)).sum(axis=0)  # this block's sum over n
-        np.matmul(w_g.swapaxes(-1, -2), dout_p, out=cols_g)  # dcols[n, g] = W[g]^T @ dout[n, g]
-        _col2im_pitched(cols, pitch, out=dx[start:stop])
+        if as_conv2d is not None:  # dx = conv2d(dout, w_t); its columns reuse the workspace
+            w_t, pitch_t = as_conv2d
+            _conv2d_block(dout[start:stop], w_t, None, G, pitch_t, dx[start:stop])
+        else:
+            np.matmul(w_g.swapaxes(-1, -2), dout_p, out=cols_g)  # dcols[n, g] = W[g]^T @ dout[n, g]
+            _col2im_pitched(cols, pitch, out=dx[start:stop])
         return dw
 
     blocks = _image_blocks(N, C_in * w.shape[2] * w.shape[3] * pitch.L * x.itemsize)
     dw = sum_in_order(_run_blocks(block, blocks), (G, C_out // G, K), x.dtype)
     return dx, dw.reshape(w.shape), db
+
+
+def _input_gradient_as_conv2d(w, G, pitch):
+    """``(w_t, pitch_t)`` such that dx = conv2d(dout, w_t) over the windows ``pitch_t``, or None.
+
+    With stride 1, output pixel i reads input pixel y = i + d*p - pad through kernel offset p, so
+
+        dx[y] = sum_p W[p]^T dout[y + pad - d*p] = sum_p' W[k-1-p']^T dout[y - pad' + d*p']
+
+    with p' = k - 1 - p and pad' = d*(k - 1) - pad: a convolution of dout with the kernel
+    flipped in both axes and its two channel axes swapped (within each group),
+
+        w_t[g*C_in/G + c, o, p', q'] = w[g*C_out/G + o, c, kH - 1 - p', kW - 1 - q'],
+
+    dilation d and padding pad' (valid when pad' >= 0). Its im2col copies C_out*kH*kW rows and
+    its GEMM sums over them, where dcols = W^T @ dout writes C_in*kH*kW rows from a sum over
+    C_out, which col2im then adds up slice by slice. Measured on the presets' layers, the
+    convolution is as fast or up to 1.8x faster when C_out <= 2*C_in, and slower beyond (the
+    first layer, 3 -> 8 channels: 1.5x slower). None (the col2im path) for strides > 1,
+    paddings > d*(k - 1) or C_out > 2*C_in.
+    """
+    (kh, kw), (dh, dw), (ph, pw) = pitch.kernel, pitch.dilation, pitch.padding
+    pad_t = (dh * (kh - 1) - ph, dw * (kw - 1) - pw)
+    C_out, C_in_g = w.shape[:2]
+    if pitch.stride != (1, 1) or min(pad_t) < 0 or C_out > 2 * C_in_g * G:
+        return None
+    flipped = w.reshape(G, C_out // G, C_in_g, kh, kw)[..., ::-1, ::-1]
+    w_t = np.ascontiguousarray(flipped.transpose(0, 2, 1, 3, 4)).reshape(
+        G * C_in_g, C_out // G, kh, kw)
+    # dout (H_out, W_out) is the image; its windows are x's pixels (H, W)
+    pitch_t = _Pitch(pitch.windows_hw, pitch.image_hw, pitch.kernel, (1, 1), pad_t,
+                     pitch.dilation)
+    return w_t, pitch_t
 
 
 # ------------------------------------------------------------------------- conv_transpose2d
