@@ -67,6 +67,15 @@ def test_relu_and_leaky_relu_values():
     assert np.allclose(dx, [0.1, 0.1, 0.1, 1, 1])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_and_leaky_relu_of_infinities_and_nan(dtype):
+    """As in PyTorch: relu(-inf) = 0 (not 0 * -inf), NaN stays NaN."""
+    x = np.array([-np.inf, np.inf, np.nan, -1.0, 2.0], dtype=dtype)
+    np.testing.assert_array_equal(ops.relu_forward(x)[0], [0, np.inf, np.nan, 0, 2])
+    np.testing.assert_array_equal(ops.leaky_relu_forward(x, 0.5)[0],
+                                  [-np.inf, np.inf, np.nan, -0.5, 2])
+
+
 @given(seed=seeds)
 def test_sigmoid_matches_the_textbook_formula_and_is_symmetric(seed):
     x = 5 * np.random.default_rng(seed).standard_normal(50)
