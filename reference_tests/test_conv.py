@@ -301,9 +301,10 @@ def test_input_gradient_as_a_convolution_equals_col2im(cfg, seed, cout_factor):
     dx_conv = np.empty_like(x)
     conv_module._conv2d_block(dout, w_t, None, cfg["G"], pitch_t, dx_conv)
     dcols = np.matmul(w.reshape(cfg["G"], -1, w[0].size).swapaxes(-1, -2),
-                      pitch.to_pitch(dout).reshape(x.shape[0], cfg["G"], -1, pitch.L))
-    dx_col2im = conv_module._col2im_pitched(
-        dcols.reshape((x.shape[0], x.shape[1]) + cfg["kernel"] + (pitch.L,)), pitch)
+                      pitch.to_pitch(dout).reshape(cfg["G"], -1, x.shape[0] * pitch.L))
+    dx_col2im = conv_module._col2im_pitched(  # dcols (C_in, kH, kW, N, L) -> (N, C_in, ...)
+        dcols.reshape((x.shape[1],) + cfg["kernel"] + (x.shape[0], pitch.L)).transpose(
+            3, 0, 1, 2, 4), pitch)
     np.testing.assert_allclose(dx_conv, dx_col2im, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(ops.conv2d_backward(dout, cache)[0], dx_col2im,
                                rtol=1e-12, atol=1e-12)

@@ -176,19 +176,19 @@ class _Pitch:
                        slice(y0, h, sh), slice(x0, w, sw))
 
     def to_pitch(self, y):
-        """(N, C, Ho, Wo) -> (N, C, Ho*Wq) with zero junk columns (a copy when Wq > Wo)."""
+        """(N, C, Ho, Wo) -> (C, N, Ho*Wq): channel-major (the layout of the convolutions'
+        matrix products, see ``npseg.ops.conv``), with zero junk columns. A copy."""
         N, C, Ho, Wo = y.shape
-        if self.Wq == Wo:
-            return y.reshape(N, C, self.L)
-        out = np.zeros((N, C, Ho, self.Wq), dtype=y.dtype)
-        out[..., :Wo] = y
-        return out.reshape(N, C, self.L)
+        out = np.empty((C, N, Ho, self.Wq), dtype=y.dtype)
+        out[..., Wo:] = 0
+        out[..., :Wo] = y.swapaxes(0, 1)
+        return out.reshape(C, N, self.L)
 
     def from_pitch(self, y):
-        """(N, C, Ho*Wq) -> a view (N, C, Ho, Wo) without the junk columns."""
-        N, C, _ = y.shape
+        """(C, N, Ho*Wq) -> a view (N, C, Ho, Wo) without the junk columns."""
+        C, N, _ = y.shape
         Ho, Wo = self.windows_hw
-        return y.reshape(N, C, Ho, self.Wq)[..., :Wo]
+        return y.reshape(C, N, Ho, self.Wq)[..., :Wo].swapaxes(0, 1)
 
 
 def _split_phases(x, pitch: _Pitch):
