@@ -72,7 +72,9 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) 
     ops = _ops(x, w, b)
     out, cache = ops.conv2d_forward(x.data, w.data, _data(b), stride=stride, padding=padding,
                                     dilation=dilation, groups=groups)
-    return record(out, (x, w, b), lambda d: ops.conv2d_backward(d, cache))
+    # x often needs no gradient (a network's input): then its half of the backward is skipped
+    return record(out, (x, w, b),
+                  lambda d: ops.conv2d_backward(d, cache, need_dx=x.requires_grad))
 
 
 def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,

@@ -189,6 +189,41 @@ def test_conv2d_gradients(cfg, seed):
     assert len(grads) == 3 and (grads[2] is None) == (b is None)
 
 
+@given(conv_configs(), st.integers(0, 2**16))
+def test_conv2d_backward_without_dx_gives_the_same_dw_and_db(cfg, seed):
+    x, w, b, kwargs = make_conv(cfg, seed)
+    out, cache = ops.conv2d_forward(x, w, b, **kwargs)
+    dout = np.random.default_rng(seed).standard_normal(out.shape)
+    dx, dw, db = ops.conv2d_backward(dout, cache)
+    none, dw_only, db_only = ops.conv2d_backward(dout, cache, need_dx=False)
+    assert none is None
+    np.testing.assert_array_equal(dw_only, dw)
+    if b is None:
+        assert db_only is None
+    else:
+        np.testing.assert_array_equal(db_only, db)
+
+
+def test_functional_conv2d_skips_dx_only_for_inputs_without_grad(monkeypatch):
+    from npseg import Tensor
+    from npseg import functional as F
+    calls = []
+    backward = ops.conv2d_backward
+
+    def spy(dout, cache, *, need_dx=True):
+        calls.append(need_dx)
+        return backward(dout, cache, need_dx=need_dx)
+
+    monkeypatch.setattr(ops, "conv2d_backward", spy)
+    rng = np.random.default_rng(0)
+    w = Tensor(rng.standard_normal((2, 3, 3, 3)), requires_grad=True)
+    for x_grad in (False, True):
+        x = Tensor(rng.standard_normal((1, 3, 5, 5)), requires_grad=x_grad)
+        F.conv2d(x, w, padding=1).sum().backward()
+        assert (x.grad is not None) == x_grad and w.grad is not None
+    assert calls == [False, True]
+
+
 @example(CONV_T_EXAMPLES[0], 1)
 @example(CONV_T_EXAMPLES[1], 2)
 @given(conv_configs(transposed=True), st.integers(0, 2**16))

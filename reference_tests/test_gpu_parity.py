@@ -192,6 +192,21 @@ def test_parity(name, dtype):
     check()
 
 
+def test_conv2d_backward_without_dx_matches_cpu():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 4, 5, 6))
+    w = rng.standard_normal((4, 2, 3, 2))
+    kwargs = dict(stride=(1, 2), padding=1, groups=2)
+    out, cache_cpu = cpu_ops.conv2d_forward(x, w, None, **kwargs)
+    _, cache_gpu = gpu_ops.conv2d_forward(npseg_gpu.asarray(x), npseg_gpu.asarray(w), None,
+                                          **kwargs)
+    dout = rng.standard_normal(out.shape)
+    expected = cpu_ops.conv2d_backward(dout, cache_cpu, need_dx=False)
+    got = gpu_ops.conv2d_backward(npseg_gpu.asarray(dout), cache_gpu, need_dx=False)
+    assert expected[0] is None and expected[2] is None
+    _assert_same(tuple(expected), _host(tuple(got)), "conv2d_backward(need_dx=False)")
+
+
 # --- devices ----------------------------------------------------------------------------------
 
 def test_device_is_sim_or_cuda():

@@ -213,8 +213,11 @@ def _conv2d_block(x, w, b, G, pitch, out):
         out += b.reshape(-1, 1, 1)
 
 
-def conv2d_backward(dout, cache):
+def conv2d_backward(dout, cache, *, need_dx=True):
     """Gradients of :func:`conv2d_forward`: ``(dx, dw, db)``, ``db`` None without bias.
+
+    ``need_dx=False`` skips the input gradient (``dx`` is then None): about half the work when
+    x is data that needs no gradient, as for a network's first layer.
 
     dW[g] = sum_n dout[n, g] @ cols[n, g]^T,  dx = col2im(W[g]^T @ dout[n, g]),
     db[o] = sum_{n, i, j} dout[n, o, i, j].
@@ -231,7 +234,7 @@ def conv2d_backward(dout, cache):
 
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None
     w_g = w.reshape(G, C_out // G, K)
-    dx = np.empty_like(x, order="C")
+    dx = np.empty_like(x, order="C") if need_dx else None
     as_conv2d = _input_gradient_as_conv2d(w, G, pitch)
 
     def block(start, stop):
@@ -241,6 +244,8 @@ def conv2d_backward(dout, cache):
         _im2col_pitched(x[start:stop], pitch, out=cols_nc)             # cols, then dcols
         cols_g = cols.reshape(G, K, n * pitch.L)
         dw = np.matmul(dout_p, cols_g.swapaxes(-1, -2))  # this block's sum over its images
+        if not need_dx:
+            return dw
         if as_conv2d is not None:  # dx = conv2d(dout, w_t); its columns reuse the workspace
             w_t, pitch_t = as_conv2d
             _conv2d_block(dout[start:stop], w_t, None, G, pitch_t, dx[start:stop])

@@ -58,8 +58,9 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
     return out, (x, w, b is not None, geometry, windows, G)
 
 
-def conv2d_backward(dout, cache):
-    """Gradients of :func:`conv2d_forward`: ``(dx, dw, db)``, ``db`` None without bias."""
+def conv2d_backward(dout, cache, *, need_dx=True):
+    """Gradients of :func:`conv2d_forward`: ``(dx, dw, db)``, ``db`` None without bias;
+    ``need_dx=False`` skips the input gradient (``dx`` None)."""
     x, w, has_bias, geometry, windows, G = cache
     N, C_in, H, W = x.shape
     C_out = w.shape[0]
@@ -75,6 +76,8 @@ def conv2d_backward(dout, cache):
     cols = unfold(contiguous(x), windows, *geometry).reshape(N, G, K, L)
     dw = matmul(dout_g, cols.swapaxes(-1, -2)).sum(axis=0).reshape(w.shape)
     del cols
+    if not need_dx:
+        return None, dw, db
     dcols = matmul(w.reshape(G, C_out // G, K).swapaxes(-1, -2), dout_g)   # (N, G, K, L)
     dx = fold(dcols.reshape(N, G * K, L), (H, W), windows, *geometry)
     return dx, dw, db
