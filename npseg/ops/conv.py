@@ -235,7 +235,7 @@ def conv2d_backward(dout, cache, *, need_dx=True):
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None
     w_g = w.reshape(G, C_out // G, K)
     dx = np.empty_like(x, order="C") if need_dx else None
-    as_conv2d = _input_gradient_as_conv2d(w, G, pitch)
+    as_conv2d = _input_gradient_as_conv2d(w, G, pitch) if need_dx else None
 
     def block(start, stop):
         n = stop - start

@@ -30,7 +30,7 @@ import numpy as np
 from npseg.ops._checks import (check_bool, check_float_array, check_number, check_same_dtype,
                                check_shape)
 from npseg.ops._checks import check_dout
-from npseg.ops._threads import MIN_ELEMENTS_PER_PIECE, map_rows, sum_in_order
+from npseg.ops._threads import map_rows, sum_in_order
 
 __all__ = ["batch_norm_forward", "batch_norm_backward"]
 
@@ -59,14 +59,9 @@ def _channel_dot(a, b):
     return np.matmul(a[:, :, None, :], b[:, :, :, None]).sum(axis=(0, 2, 3))
 
 
-# Batch norm passes over its arrays about five times per call (forward or backward), so pieces
-# of a quarter of an elementwise op's minimum are worth a thread.
-_MIN_ELEMENTS = MIN_ELEMENTS_PER_PIECE
-
-
 def _map(fn, *arrays):
-    """``map_rows`` with batch norm's piece size; the sums are matrix products (BLAS)."""
-    return map_rows(fn, *arrays, min_elements=_MIN_ELEMENTS, uses_blas=True)
+    """``map_rows`` for batch norm's pieces, whose sums are matrix products (BLAS)."""
+    return map_rows(fn, *arrays, uses_blas=True)
 
 
 def _check_batch_norm(x, gamma, beta, running_mean, running_var, training, momentum, eps):
