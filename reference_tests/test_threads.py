@@ -53,7 +53,8 @@ def test_map_pieces_runs_pieces_at_once_and_keeps_order(threads):
 
     results = _threads.map_pieces(piece, range(3))
     assert [k for k, _ in results] == [0, 1, 2]
-    assert len({ident for _, ident in results}) == 3      # three pool threads (the caller waits)
+    idents = {ident for _, ident in results}
+    assert len(idents) == 3 and threading.get_ident() in idents   # the caller and 2 pool threads
 
 
 def test_map_pieces_one_thread_runs_inline(threads):

@@ -2,11 +2,14 @@
 
 NumPy runs every copy and every ufunc on one thread; only its matrix products (OpenBLAS) use
 several. Work that splits into independent pieces -- the image blocks of a convolution, the rows
-of an elementwise op -- runs here on a small pool of threads instead, one piece per thread. NumPy
-releases the GIL inside its loops, so the pieces really run side by side.
+of an elementwise op -- runs here on T threads instead: the calling thread and a pool of T - 1,
+each taking pieces one by one. NumPy releases the GIL inside its loops, so the pieces really run
+side by side. The caller works rather than waits because waking a sleeping thread is slow (50-80
+microseconds on a 2-vCPU VM): it starts on its first piece at once, and only T - 1 threads wait
+to be woken.
 
 While pieces that multiply matrices run, OpenBLAS is set to one thread (and back afterwards), so
-T pieces use T cores, not T times OpenBLAS's threads; the calling thread only waits meanwhile.
+T pieces use T cores, not T times OpenBLAS's threads.
 Where NumPy uses another BLAS, whose thread count npseg cannot set, such pieces run one after the
 other on the calling thread, with the BLAS multithreaded as usual; see :func:`map_pieces`.
 
@@ -124,9 +127,9 @@ def _blas_controls():
 
 @contextlib.contextmanager
 def _single_threaded_blas():
-    """OpenBLAS on one thread per caller while the pool's pieces run, then as it was.
+    """OpenBLAS on one thread per caller while the pieces run, then as it was.
 
-    The count is global to the process; the calling thread only waits meanwhile.
+    The count is global to the process, so the calling thread's pieces run on one thread too.
     """
     get, set_ = _blas_controls()
     before = get()
@@ -147,15 +150,16 @@ def _init_worker():
 
     Unbound, the scheduler often wakes a pool thread on the CPU of the thread that woke it, and
     the two then share one core for many milliseconds (measured: every piece at single-thread
-    speed in about half the runs after a pause). Pool thread k runs on the k-th CPU this process
-    may use; with more threads than CPUs, threads stay unbound.
+    speed in about half the runs after a pause). Pool thread k runs on the (k + 1)-th CPU this
+    process may use, leaving the first to the calling thread, which also takes pieces (it stays
+    unbound: it is the user's thread); with more threads than CPUs, threads stay unbound.
     """
     _state.worker = True
     if hasattr(os, "sched_getaffinity"):
         cpus = sorted(os.sched_getaffinity(0))
         number = next(_worker_numbers)
         if get_num_threads() <= len(cpus):
-            os.sched_setaffinity(0, {cpus[number % len(cpus)]})
+            os.sched_setaffinity(0, {cpus[(number + 1) % len(cpus)]})
 
 
 def _get_pool(size: int) -> ThreadPoolExecutor:
@@ -176,10 +180,10 @@ def _get_pool(size: int) -> ThreadPoolExecutor:
 # ------------------------------------------------------------------------------------ mapping
 
 def map_pieces(fn, pieces, uses_blas=False):
-    """``[fn(p) for p in pieces]``, the calls running on the pool's threads at once.
+    """``[fn(p) for p in pieces]``, the calls running on npseg's threads at once.
 
-    Each of ``min(get_num_threads(), len(pieces))`` pool threads takes pieces one by one while the
-    calling thread waits; the list comes back in the order of ``pieces``, and an exception in
+    ``min(get_num_threads(), len(pieces))`` threads -- the calling thread and pool threads --
+    take pieces one by one; the list comes back in the order of ``pieces``, and an exception in
     any piece is raised here once every piece has stopped. Runs on the calling thread alone
     when there is one piece or one thread, inside a piece (no nesting), or when ``uses_blas``
     and OpenBLAS's thread count cannot be set. ``fn`` must write only its own part of any
@@ -199,14 +203,28 @@ def map_pieces(fn, pieces, uses_blas=False):
                 return
             results[index] = fn(pieces[index])
 
-    pool = _get_pool(get_num_threads())
+    pool = _get_pool(get_num_threads() - 1)
     with _single_threaded_blas() if uses_blas else contextlib.nullcontext():
-        helpers = [pool.submit(take_pieces) for _ in range(threads)]
-        errors = [h.exception() for h in helpers]   # waits for every helper
+        helpers = [pool.submit(take_pieces) for _ in range(threads - 1)]
+        errors = [_run_as_worker(take_pieces)]
+        errors += [h.exception() for h in helpers]   # waits for every helper
     for error in errors:
         if error is not None:
             raise error
     return results
+
+
+def _run_as_worker(fn):
+    """``fn()`` on the calling thread marked as a worker (so that a nested ``map_pieces`` runs
+    inline); returns the exception it raised, or None."""
+    _state.worker = True
+    try:
+        fn()
+    except BaseException as error:  # raised by map_pieces once the helpers have stopped
+        return error
+    finally:
+        _state.worker = False
+    return None
 
 
 def split(n: int, parts: int) -> list[tuple[int, int]]:
