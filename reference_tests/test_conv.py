@@ -345,6 +345,51 @@ def test_input_gradient_as_a_convolution_equals_col2im(cfg, seed, cout_factor):
                                rtol=1e-12, atol=1e-12)
 
 
+def test_kernel_offsets_grouped_by_shift_cover_every_tap_once():
+    """The pitched im2col/col2im copy or add the kernel taps that share a shift in one operation
+    (``_shift_groups``); col2im relies on a group's phases being all written before or none."""
+    im2col_module = importlib.import_module("npseg.ops.im2col")
+    geometries = [(k, s, d) for k in range(1, 9) for s in range(1, 6) for d in range(1, 5)]
+    for k, s, d in geometries:
+        groups = im2col_module._shift_groups(k, s, d)
+        taps = [(p, a, shift) for shift, p_slice, a_slice in groups
+                for p, a in zip(range(k)[p_slice], range(s)[a_slice], strict=True)]
+        assert taps == [(p, d * p % s, d * p // s) for p in range(k)]
+    for rows in geometries[::7]:
+        for columns in geometries[::5]:
+            written = np.zeros((rows[1], columns[1]), dtype=bool)
+            for _, _, a in im2col_module._shift_groups(*rows):
+                for _, _, b in im2col_module._shift_groups(*columns):
+                    assert written[a, b].all() or not written[a, b].any()
+                    written[a, b] = True
+
+
+@pytest.mark.parametrize("kernel, stride, padding, dilation", [
+    ((16, 16), (8, 8), (4, 4), (1, 1)),   # FCN-8s's upscore8: 2x2 groups of 8x8 taps
+    ((4, 4), (2, 2), (1, 1), (1, 1)),     # FCN's 2x upsampling
+    ((5, 3), (4, 3), (2, 0), (3, 1)),     # groups of two taps, phases 3 apart
+    ((3, 7), (2, 5), (1, 2), (2, 2)),
+])
+def test_large_strides_and_dilations_match_the_formulas(kernel, stride, padding, dilation):
+    """Kernels with several taps per shift group, both convolutions, values and gradients."""
+    rng = np.random.default_rng(0)
+    kwargs = dict(stride=stride, padding=padding, dilation=dilation)
+    x = rng.standard_normal((2, 3, 19, 21))
+    w = rng.standard_normal((2, 3) + kernel)
+    b = rng.standard_normal(2)
+    out, _ = ops.conv2d_forward(x, w, b, **kwargs)
+    np.testing.assert_allclose(out, naive_conv2d(x, w, b, groups=1, **kwargs), atol=1e-10)
+    check_op(ops.conv2d_forward, ops.conv2d_backward, [x, w, b], wrt=[0, 1, 2], kwargs=kwargs,
+             mode="random")
+    wt = rng.standard_normal((3, 2) + kernel)       # (C_in, C_out, kH, kW) for the transpose
+    y = rng.standard_normal((2, 3, 4, 5))
+    out_t, _ = ops.conv_transpose2d_forward(y, wt, b, **kwargs)
+    expected = naive_conv_transpose2d(y, wt, b, output_padding=(0, 0), groups=1, **kwargs)
+    np.testing.assert_allclose(out_t, expected, atol=1e-10)
+    check_op(ops.conv_transpose2d_forward, ops.conv_transpose2d_backward, [y, wt, b],
+             wrt=[0, 1, 2], kwargs=kwargs, mode="random")
+
+
 def test_conv_1x1_is_a_matrix_product():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3, 5, 7, 4))

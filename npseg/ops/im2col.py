@@ -149,14 +149,20 @@ class _Pitch:
         self.h_used = max(0, min(H, sh * (self.Hq + 1) - ph))
         self.w_used = max(0, min(W, sw * self.Wq - pw))
 
-    def offsets(self):
-        """(p, q, a, b, start) for every kernel offset: phase (a, b) and flat slice start."""
-        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.stride, self.dilation
-        for p in range(kh):
-            r0, a = divmod(dh * p, sh)
-            for q in range(kw):
-                t0, b = divmod(dw * q, sw)
-                yield p, q, a, b, r0 * self.Wq + t0
+    def offset_groups(self):
+        """The kernel offsets in groups that share one slice start: (p, q, a, b, start) with p, q
+        slices of kernel rows and columns, a, b slices of the phases they read, for every group.
+
+        Kernel row p reads phase row a = d_h*p % s_h shifted by d_h*p // s_h rows. Consecutive
+        rows with the same shift form a group (with stride 1 every row is its own group), and
+        their phases form a slice of step d_h, so the group is copied (im2col) or added (col2im)
+        in one NumPy operation: a 16x16 kernel with stride 8 takes 2*2 operations, not 16*16.
+        """
+        rows = _shift_groups(self.kernel[0], self.stride[0], self.dilation[0])
+        columns = _shift_groups(self.kernel[1], self.stride[1], self.dilation[1])
+        for row_shift, p, a in rows:
+            for column_shift, q, b in columns:
+                yield p, q, a, b, row_shift * self.Wq + column_shift
 
     def phase_slices(self):
         """(a, b, phase rows, phase columns, x rows, x columns) for every stride phase (a, b).
@@ -189,6 +195,27 @@ class _Pitch:
         C, N, _ = y.shape
         Ho, Wo = self.windows_hw
         return y.reshape(C, N, Ho, self.Wq)[..., :Wo].swapaxes(0, 1)
+
+
+def _shift_groups(k, s, d):
+    """Kernel taps 0..k-1 along one axis (stride s, dilation d) grouped by their shift d*p // s:
+    [(shift, taps, phases)], taps a slice of p and phases the slice of their d*p % s.
+
+    The phases of the group with shift r are the a in [0, s) with a = -r*s (mod d), cut short
+    in the last group only. So two groups read the same phases, or disjoint ones, or (the last
+    group) a part of another's: ``_col2im_pitched`` relies on it, a group's phases being all
+    written already or none of them.
+    """
+    groups, start = [], 0
+    while start < k:
+        shift = d * start // s
+        stop = start + 1
+        while stop < k and d * stop // s == shift:
+            stop += 1
+        first = d * start - s * shift
+        groups.append((shift, slice(start, stop), slice(first, first + d * (stop - start - 1) + 1, d)))
+        start = stop
+    return groups
 
 
 def _split_phases(x, pitch: _Pitch):
@@ -230,8 +257,8 @@ def _im2col_pitched(x, pitch: _Pitch, out=None):
     cols = np.empty((N, C, kh, kw, pitch.L), dtype=x.dtype) if out is None else out
     phases = _split_phases(x.reshape(N * C, H, W), pitch).reshape((N, C) + pitch.stride
                                                                    + (pitch.plane,))
-    for p, q, a, b, offset in pitch.offsets():  # one contiguous slice per kernel offset
-        cols[:, :, p, q] = phases[:, :, a, b, offset:offset + pitch.L]
+    for p, q, a, b, start in pitch.offset_groups():  # one contiguous slice per kernel offset
+        cols[:, :, p, q] = phases[:, :, a, b, start:start + pitch.L]
     return cols
 
 
@@ -244,20 +271,17 @@ def _col2im_pitched(cols, pitch: _Pitch, out=None):
     N, C, kh, kw, L = cols.shape
     (sh, sw), (H, W) = pitch.stride, pitch.image_hw
     phases = np.empty((N, C, sh, sw, pitch.plane), dtype=cols.dtype)
-    written = set()
-    for p, q, a, b, offset in pitch.offsets():  # one contiguous slice-add per kernel offset
-        plane = phases[:, :, a, b]
-        if (a, b) in written:
-            plane[..., offset:offset + L] += cols[:, :, p, q]
-        else:  # the first offset landing on this phase: a copy instead of adding to zeros
-            plane[..., :offset] = 0
-            plane[..., offset:offset + L] = cols[:, :, p, q]
-            plane[..., offset + L:] = 0
-            written.add((a, b))
-    for a in range(sh):
-        for b in range(sw):
-            if (a, b) not in written:  # no kernel offset lands on this phase
-                phases[:, :, a, b] = 0
+    written = np.zeros((sh, sw), dtype=bool)        # phases holding sums already
+    for p, q, a, b, start in pitch.offset_groups():  # one contiguous slice-add per kernel offset
+        planes = phases[:, :, a, b]
+        if written[a, b].any():  # then all of them (see _shift_groups)
+            planes[..., start:start + L] += cols[:, :, p, q]
+        else:  # the first offsets landing on these phases: a copy instead of adding to zeros
+            planes[..., :start] = 0
+            planes[..., start:start + L] = cols[:, :, p, q]
+            planes[..., start + L:] = 0
+            written[a, b] = True
+    phases[:, :, ~written] = 0                      # no kernel offset lands on these phases
     x = np.empty((N, C, H, W), dtype=cols.dtype) if out is None else out
     _merge_phases(phases.reshape(N * C, sh, sw, pitch.plane), pitch, x.reshape(N * C, H, W))
     return x
