@@ -128,7 +128,8 @@ def col2im(cols, output_size, kernel_size, stride=1, padding=0, dilation=1):
 # (column index i*Wq + j, the Wq - W_out "junk" columns j >= W_out included): one kernel offset
 # is then ONE contiguous slice of length H_out*Wq of the flat phase plane, shifted by
 # (d_h*p // s_h)*Wq + d_w*q // s_w. The slice copies/adds run at memory speed instead of
-# looping over short rows. The junk columns cost (Wq - W_out)/W_out extra work in the matrix
+# looping over short rows, and the offsets that share a shift (up to s of them per axis) are
+# copied/added in one NumPy operation over their phases (``_Pitch.offset_groups``). The junk columns cost (Wq - W_out)/W_out extra work in the matrix
 # products (a few percent on real images) and are dropped afterwards; col2im requires them zero.
 # --------------------------------------------------------------------------------------------
 
@@ -257,7 +258,7 @@ def _im2col_pitched(x, pitch: _Pitch, out=None):
     cols = np.empty((N, C, kh, kw, pitch.L), dtype=x.dtype) if out is None else out
     phases = _split_phases(x.reshape(N * C, H, W), pitch).reshape((N, C) + pitch.stride
                                                                    + (pitch.plane,))
-    for p, q, a, b, start in pitch.offset_groups():  # one contiguous slice per kernel offset
+    for p, q, a, b, start in pitch.offset_groups():  # a contiguous slice per kernel offset
         cols[:, :, p, q] = phases[:, :, a, b, start:start + pitch.L]
     return cols
 
@@ -272,7 +273,7 @@ def _col2im_pitched(cols, pitch: _Pitch, out=None):
     (sh, sw), (H, W) = pitch.stride, pitch.image_hw
     phases = np.empty((N, C, sh, sw, pitch.plane), dtype=cols.dtype)
     written = np.zeros((sh, sw), dtype=bool)        # phases holding sums already
-    for p, q, a, b, start in pitch.offset_groups():  # one contiguous slice-add per kernel offset
+    for p, q, a, b, start in pitch.offset_groups():  # a contiguous slice-add per offset
         planes = phases[:, :, a, b]
         if written[a, b].any():  # then all of them (see _shift_groups)
             planes[..., start:start + L] += cols[:, :, p, q]
