@@ -239,29 +239,21 @@ def _cases():
         boxes = np.concatenate([xy, np.minimum(xy + wh, image)], axis=1)
         return np.concatenate([rng.integers(0, fmap[0], (n_rois, 1)), boxes], 1).astype(DT)
 
-    def roi_align(rng):
-        return dict(args=(_randn(rng, *fmap), rois(rng), pooled),
-                    kwargs=dict(spatial_scale=1 / 16, sampling_ratio=2, aligned=True),
-                    torch=lambda x, r, size: _torchvision().roi_align(
-                        x, r, size, spatial_scale=1 / 16, sampling_ratio=2, aligned=True),
-                    no_grad=(1,))
-    cases.append(("roi_align", f"{n_rois} rois {pooled}x{pooled} on {_label(fmap)}", roi_align))
+    def roi_case(op, **kwargs):
+        """A case of ``op`` (roi_align or roi_pool) with the same keywords for torchvision."""
+        def case(rng):
+            return dict(args=(_randn(rng, *fmap), rois(rng), pooled), kwargs=kwargs,
+                        torch=lambda x, r, size: getattr(_torchvision(), op)(x, r, size,
+                                                                            **kwargs),
+                        no_grad=(1,))
+        return case
 
-    def roi_align_adaptive(rng):
-        return dict(args=(_randn(rng, *fmap), rois(rng), pooled),
-                    kwargs=dict(spatial_scale=1 / 16),
-                    torch=lambda x, r, size: _torchvision().roi_align(x, r, size,
-                                                                      spatial_scale=1 / 16),
-                    no_grad=(1,))
-    cases.append(("roi_align", f"adaptive grid, {n_rois} rois", roi_align_adaptive))
-
-    def roi_pool(rng):
-        return dict(args=(_randn(rng, *fmap), rois(rng), pooled),
-                    kwargs=dict(spatial_scale=1 / 16),
-                    torch=lambda x, r, size: _torchvision().roi_pool(x, r, size,
-                                                                     spatial_scale=1 / 16),
-                    no_grad=(1,))
-    cases.append(("roi_pool", f"{n_rois} rois {pooled}x{pooled} on {_label(fmap)}", roi_pool))
+    cases.append(("roi_align", f"{n_rois} rois {pooled}x{pooled} on {_label(fmap)}",
+                  roi_case("roi_align", spatial_scale=1 / 16, sampling_ratio=2, aligned=True)))
+    cases.append(("roi_align", f"adaptive grid, {n_rois} rois",
+                  roi_case("roi_align", spatial_scale=1 / 16)))
+    cases.append(("roi_pool", f"{n_rois} rois {pooled}x{pooled} on {_label(fmap)}",
+                  roi_case("roi_pool", spatial_scale=1 / 16)))
 
     n_boxes = _size(4000, 70)
 

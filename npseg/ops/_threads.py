@@ -44,7 +44,7 @@ __all__ = ["get_num_threads", "set_num_threads", "map_pieces", "map_rows", "elem
 # GIL. Below about a million elements one thread is as fast; hence half a million per piece.
 MIN_ELEMENTS_PER_PIECE = 1 << 19
 
-_state = threading.local()          # .worker is True inside a pool thread
+_state = threading.local()          # .worker: in a pool thread, or a caller taking pieces
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 _pool_key = None                    # (process id, size) the pool was made for

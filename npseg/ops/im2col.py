@@ -129,8 +129,9 @@ def col2im(cols, output_size, kernel_size, stride=1, padding=0, dilation=1):
 # is then ONE contiguous slice of length H_out*Wq of the flat phase plane, shifted by
 # (d_h*p // s_h)*Wq + d_w*q // s_w. The slice copies/adds run at memory speed instead of
 # looping over short rows, and the offsets that share a shift (up to s of them per axis) are
-# copied/added in one NumPy operation over their phases (``_Pitch.offset_groups``). The junk columns cost (Wq - W_out)/W_out extra work in the matrix
-# products (a few percent on real images) and are dropped afterwards; col2im requires them zero.
+# copied/added in one NumPy operation over their phases (``_Pitch.offset_groups``). The junk
+# columns cost (Wq - W_out)/W_out extra work in the matrix products (a few percent on real
+# images) and are dropped afterwards; col2im requires them zero.
 # --------------------------------------------------------------------------------------------
 
 
@@ -205,7 +206,8 @@ def _shift_groups(k, s, d):
     The phases of the group with shift r are the a in [0, s) with a = -r*s (mod d), cut short
     in the last group only. So two groups read the same phases, or disjoint ones, or (the last
     group) a part of another's: ``_col2im_pitched`` relies on it, a group's phases being all
-    written already or none of them.
+    written already or none of them (in two dimensions too, ``offset_groups`` taking the row
+    groups in the outer loop).
     """
     groups, start = [], 0
     while start < k:
@@ -213,8 +215,9 @@ def _shift_groups(k, s, d):
         stop = start + 1
         while stop < k and d * stop // s == shift:
             stop += 1
-        first = d * start - s * shift
-        groups.append((shift, slice(start, stop), slice(first, first + d * (stop - start - 1) + 1, d)))
+        first = d * start - s * shift                       # the phase of tap `start`
+        phases = slice(first, first + d * (stop - start - 1) + 1, d)
+        groups.append((shift, slice(start, stop), phases))
         start = stop
     return groups
 
