@@ -129,7 +129,8 @@ def col2im(cols, output_size, kernel_size, stride=1, padding=0, dilation=1):
 # is then ONE contiguous slice of length H_out*Wq of the flat phase plane, shifted by
 # (d_h*p // s_h)*Wq + d_w*q // s_w. The slice copies/adds run at memory speed instead of
 # looping over short rows, and the offsets that share a shift (up to s of them per axis) are
-# copied/added in one NumPy operation over their phases (``_Pitch.offset_groups``). The junk
+# copied/added in one NumPy operation over their phases (``_Pitch.offset_groups``); with stride
+# 1, im2col copies all the offsets at once, as one overlapping strided view. The junk
 # columns cost (Wq - W_out)/W_out extra work in the matrix products (a few percent on real
 # images) and are dropped afterwards; col2im requires them zero.
 # --------------------------------------------------------------------------------------------
@@ -226,17 +227,14 @@ def _split_phases(x, pitch: _Pitch):
     """x (P, H, W) planes -> phases (P, s_h, s_w, (Hq + 1)*Wq): zero-padded, split by phase.
 
     phases[k, a, b, r*Wq + t] = xpad[k, s_h*r + a, s_w*t + b]; with stride 1 this is just the
-    zero padding. One copy of x in s_h*s_w strided slices; only the borders are zeroed.
+    zero padding. Zeros, then x copied in: s_h*s_w strided slices (one with stride 1). Few
+    NumPy calls rather than a zeroed border per side: the pieces of a convolution run on
+    several threads, which take turns holding the GIL between calls.
     """
     (sh, sw), Hq, Wq = pitch.stride, pitch.Hq, pitch.Wq
-    phases = np.empty((x.shape[0], sh, sw, Hq + 1, Wq), dtype=x.dtype)
+    phases = np.zeros((x.shape[0], sh, sw, Hq + 1, Wq), dtype=x.dtype)
     for a, b, rows, columns, x_rows, x_columns in pitch.phase_slices():
-        plane = phases[:, a, b]
-        plane[:, :rows.start] = 0
-        plane[:, rows.stop:] = 0
-        plane[:, rows, :columns.start] = 0
-        plane[:, rows, columns.stop:] = 0
-        plane[:, rows, columns] = x[:, x_rows, x_columns]
+        phases[:, a, b, rows, columns] = x[:, x_rows, x_columns]
     return phases.reshape(x.shape[0], sh, sw, pitch.plane)
 
 
@@ -261,6 +259,15 @@ def _im2col_pitched(x, pitch: _Pitch, out=None):
     cols = np.empty((N, C, kh, kw, pitch.L), dtype=x.dtype) if out is None else out
     phases = _split_phases(x.reshape(N * C, H, W), pitch).reshape((N, C) + pitch.stride
                                                                    + (pitch.plane,))
+    if pitch.stride == (1, 1):
+        # One phase, and kernel offset (p, q) starts d_h*p*Wq + d_w*q further along it: all the
+        # kH*kW slices form one strided (overlapping, read-only) view, copied in one call.
+        planes = phases.reshape(N, C, pitch.plane)
+        (dh, dw), (sn, sc, sl) = pitch.dilation, planes.strides
+        windows = as_strided(planes, shape=(N, C, kh, kw, pitch.L),
+                             strides=(sn, sc, dh * pitch.Wq * sl, dw * sl, sl), writeable=False)
+        cols[...] = windows
+        return cols
     for p, q, a, b, start in pitch.offset_groups():  # a contiguous slice per kernel offset
         cols[:, :, p, q] = phases[:, :, a, b, start:start + pitch.L]
     return cols
