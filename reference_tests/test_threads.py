@@ -87,6 +87,42 @@ def test_nested_map_pieces_runs_inline_in_a_worker(threads):
     assert _threads.map_pieces(outer, range(4)) == [True] * 4
 
 
+def test_map_pieces_from_two_user_threads_at_once(threads):
+    # One caller has the pool; a second one meanwhile runs its pieces on its own thread.
+    threads(2)
+    inside = threading.Barrier(2, timeout=10)
+    results = {}
+
+    def user(name):
+        def piece(k):
+            if k == 0:
+                inside.wait()           # both callers are inside map_pieces at once
+            return name, k * k
+        results[name] = _threads.map_pieces(piece, range(6))
+
+    users = [threading.Thread(target=user, args=(name,)) for name in "ab"]
+    for t in users:
+        t.start()
+    for t in users:
+        t.join(timeout=20)
+    assert results == {name: [(name, k * k) for k in range(6)] for name in "ab"}
+
+
+def test_a_new_thread_count_ends_the_old_pool_threads(threads):
+    def pool_threads():
+        for _ in range(200):            # the stopped threads end within a few milliseconds
+            alive = [t for t in threading.enumerate() if t.name.startswith("npseg-")]
+            if len(alive) <= npseg.get_num_threads() - 1:
+                break
+            threading.Event().wait(0.01)
+        return alive
+
+    for n in (3, 2, 4, 2):
+        threads(n)
+        _threads.map_pieces(lambda k: k, range(n))
+        assert len(pool_threads()) == n - 1
+
+
 def _run(n_threads, fn, threads):
     threads(n_threads)
     return fn()

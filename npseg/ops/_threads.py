@@ -32,7 +32,6 @@ import itertools
 import math
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -45,9 +44,8 @@ __all__ = ["get_num_threads", "set_num_threads", "map_pieces", "map_rows", "elem
 MIN_ELEMENTS_PER_PIECE = 1 << 19
 
 _state = threading.local()          # .worker: in a pool thread, or a caller taking pieces
-_lock = threading.Lock()
-_pool: ThreadPoolExecutor | None = None
-_pool_key = None                    # (process id, size) the pool was made for
+_lock = threading.Lock()            # guards the making of the pool
+_pool: _Pool | None = None
 _num_threads: int | None = None     # set_num_threads, or the environment's count once read
 
 
@@ -142,38 +140,87 @@ def _single_threaded_blas():
             set_(before)
 
 
-_worker_numbers = itertools.count()
-
-
-def _init_worker():
+def _init_worker(number):
     """Mark the thread as a pool thread and bind it to a CPU of its own (Linux).
 
     Unbound, the scheduler often wakes a pool thread on the CPU of the thread that woke it, and
     the two then share one core for many milliseconds (measured: every piece at single-thread
-    speed in about half the runs after a pause). Pool thread k runs on the (k + 1)-th CPU this
-    process may use, leaving the first to the calling thread, which also takes pieces (it stays
-    unbound: it is the user's thread); with more threads than CPUs, threads stay unbound.
+    speed in about half the runs after a pause). Pool thread ``number`` (0, 1, ...) runs on the
+    (number + 2)-th CPU this process may use, leaving the first to the calling thread, which
+    also takes pieces (it stays unbound: it is the user's thread); with more threads than CPUs,
+    threads stay unbound.
     """
     _state.worker = True
     if hasattr(os, "sched_getaffinity"):
         cpus = sorted(os.sched_getaffinity(0))
-        number = next(_worker_numbers)
         if get_num_threads() <= len(cpus):
             os.sched_setaffinity(0, {cpus[(number + 1) % len(cpus)]})
 
 
-def _get_pool(size: int) -> ThreadPoolExecutor:
+class _Helper:
+    """A pool thread that runs the jobs it is handed, one at a time.
+
+    Two locks, used as binary semaphores, hand a job over and report it done: the cheapest
+    wake-up CPython offers (a ``ThreadPoolExecutor`` and its futures cost about 15 microseconds
+    more per call, measured). A daemon thread: it holds no state worth finishing at exit.
+    """
+
+    def __init__(self, number):
+        self._job, self._error = None, None
+        self._started = threading.Lock()
+        self._started.acquire()                 # released: a job is waiting
+        self._finished = threading.Lock()
+        self._finished.acquire()                # released: the job has returned or raised
+        threading.Thread(target=self._serve, args=(number,), name=f"npseg-{number}",
+                         daemon=True).start()
+
+    def start(self, job):
+        self._job = job
+        self._started.release()
+
+    def wait(self):
+        """Wait for the job started last; returns the exception it raised, or None."""
+        self._finished.acquire()
+        error, self._job, self._error = self._error, None, None
+        return error
+
+    def stop(self):
+        """End the thread once it is idle (its pool is being replaced)."""
+        self.start(None)
+
+    def _serve(self, number):
+        _init_worker(number)
+        while True:
+            self._started.acquire()
+            if self._job is None:
+                return
+            try:
+                self._job()
+            except BaseException as error:  # handed to the caller by wait()
+                self._error = error
+            self._finished.release()
+
+
+class _Pool:
+    """``size`` helper threads and the lock that gives them to one caller at a time."""
+
+    def __init__(self, size):
+        self.size = size
+        self.pid = os.getpid()
+        self.helpers = [_Helper(number) for number in range(size)]
+        self.busy = threading.Lock()
+
+
+def _get_pool(size: int) -> _Pool:
     """The pool of ``size`` threads; a new one after a fork (the child has no pool threads)."""
-    global _pool, _pool_key, _worker_numbers
-    key = (os.getpid(), size)
+    global _pool
     with _lock:
-        if _pool_key != key:
-            if _pool is not None and _pool_key[0] == key[0]:
-                _pool.shutdown(wait=False)
-            _worker_numbers = itertools.count()
-            _pool = ThreadPoolExecutor(size, thread_name_prefix="npseg",
-                                       initializer=_init_worker)
-            _pool_key = key
+        if _pool is None or (_pool.pid, _pool.size) != (os.getpid(), size):
+            if _pool is not None and _pool.pid == os.getpid():
+                with _pool.busy:                # once its caller, if any, is done with it
+                    for helper in _pool.helpers:
+                        helper.stop()
+            _pool = _Pool(size)
         return _pool
 
 
@@ -204,10 +251,17 @@ def map_pieces(fn, pieces, uses_blas=False):
             results[index] = fn(pieces[index])
 
     pool = _get_pool(get_num_threads() - 1)
-    with _single_threaded_blas() if uses_blas else contextlib.nullcontext():
-        helpers = [pool.submit(take_pieces) for _ in range(threads - 1)]
-        errors = [_run_as_worker(take_pieces)]
-        errors += [h.exception() for h in helpers]   # waits for every helper
+    if not pool.busy.acquire(blocking=False):  # another thread of the user's has the pool
+        return [fn(p) for p in pieces]
+    try:
+        with _single_threaded_blas() if uses_blas else contextlib.nullcontext():
+            helpers = pool.helpers[:threads - 1]
+            for helper in helpers:
+                helper.start(take_pieces)
+            errors = [_run_as_worker(take_pieces)]
+            errors += [helper.wait() for helper in helpers]
+    finally:
+        pool.busy.release()
     for error in errors:
         if error is not None:
             raise error
