@@ -39,8 +39,10 @@ def test_split_covers_the_range_in_order():
     for n in (0, 1, 5, 16, 17):
         for parts in (1, 2, 3, 40):
             ranges = _threads.split(n, parts)
-            assert len(ranges) <= max(1, parts)
+            assert len(ranges) == max(1, min(parts, n))
             assert [i for a, b in ranges for i in range(a, b)] == list(range(n))
+            sizes = [b - a for a, b in ranges]
+            assert max(sizes) - min(sizes) <= 1            # even shares for the threads
 
 
 def test_map_pieces_runs_pieces_at_once_and_keeps_order(threads):
@@ -208,3 +210,19 @@ def test_a_bad_npseg_num_threads_variable_is_named(monkeypatch):
         _threads._default_threads()
     monkeypatch.setenv("NPSEG_NUM_THREADS", "3")
     assert _threads._default_threads() == 3
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+def test_image_blocks_give_every_thread_the_same_work(n_threads, threads):
+    from npseg.ops import conv as conv_module
+    threads(n_threads)
+    budget = conv_module._BLOCK_BYTES
+    for N in (1, 2, 5, 16, 17):
+        for per_image in (1, budget // 3, budget // 2 + 1, 3 * budget):
+            blocks = conv_module._image_blocks(N, per_image)
+            assert [i for a, b in blocks for i in range(a, b)] == list(range(N))
+            sizes = [b - a for a, b in blocks]
+            assert max(sizes) - min(sizes) <= 1
+            assert len(blocks) == N or len(blocks) % n_threads == 0
+            # within the budget, but for rounding up to a multiple of the thread count
+            assert min(sizes) * per_image <= budget or min(sizes) == 1

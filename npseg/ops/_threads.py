@@ -29,7 +29,6 @@ import contextlib
 import ctypes
 import glob
 import itertools
-import math
 import os
 import threading
 
@@ -282,10 +281,11 @@ def _run_as_worker(fn):
 
 
 def split(n: int, parts: int) -> list[tuple[int, int]]:
-    """``range(n)`` cut into at most ``parts`` contiguous (start, stop) ranges of equal size."""
+    """``range(n)`` cut into ``min(parts, n)`` contiguous (start, stop) ranges (at least one)
+    whose sizes differ by at most one, so that no thread waits long for another's last piece."""
     parts = max(1, min(parts, n))
-    step = math.ceil(n / parts) if n else 1
-    return [(start, min(start + step, n)) for start in range(0, n, step)] or [(0, 0)]
+    bounds = [n * k // parts for k in range(parts + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
 
 
 def map_rows(fn, *arrays, min_elements=MIN_ELEMENTS_PER_PIECE, uses_blas=False):

@@ -66,7 +66,7 @@ import threading
 import numpy as np
 
 from ._checks import check_float_array, check_int, check_same_dtype, check_shape, pair
-from ._threads import get_num_threads, map_pieces, sum_in_order
+from ._threads import get_num_threads, map_pieces, split, sum_in_order
 from .im2col import _col2im_pitched, _im2col_pitched, _Pitch, _windows_count
 
 __all__ = ["conv2d_forward", "conv2d_backward",
@@ -122,7 +122,8 @@ def _check_dout(dout, cache_x, shape):
 # ---------------------------------------------------------------------------------- blocks
 
 # The batch goes through im2col -> GEMM -> col2im in blocks of images whose column matrix
-# takes about this many bytes (at least one image), and at least one block per thread. This
+# takes about this many bytes (at least one image); the block count is a multiple of the thread
+# count, and the blocks differ by one image at most, so that every thread has the same work. This
 # loop is cache blocking and threading, not per-item work: a block's columns are written,
 # multiplied and read back while they are still in the CPU cache (about twice as fast as one
 # column matrix for the whole batch, and it bounds the temporary memory), and the blocks run on
@@ -132,9 +133,9 @@ _BLOCK_BYTES = 4 << 20
 
 def _image_blocks(N, cols_bytes_per_image):
     """[(start, stop), ...]: blocks of images covering the N images of the batch."""
-    step = min(N, _BLOCK_BYTES // max(1, cols_bytes_per_image), math.ceil(N / get_num_threads()))
-    step = max(1, step)
-    return [(start, min(start + step, N)) for start in range(0, N, step)]
+    threads = get_num_threads()
+    count = math.ceil(N * cols_bytes_per_image / _BLOCK_BYTES)   # blocks within the budget
+    return split(N, threads * max(1, math.ceil(count / threads)))
 
 
 # Each thread keeps its column buffer from one call to the next (fresh memory from the OS costs a
