@@ -58,6 +58,16 @@ def _channel_dot(a, b):
     return np.matmul(a[:, :, None, :], b[:, :, :, None]).sum(axis=(0, 2, 3))
 
 
+def _spread(v, length):
+    """The (c,) vector ``v`` as a (c, length) array whose row k repeats v[k].
+
+    A per-channel operand for (N, c, L) rows: NumPy broadcasts it over N with contiguous inner
+    loops. ``v[:, None]`` gives the same results, but its stride-0 inner operand takes a slower
+    NumPy loop (1.5-2x slower, measured on the U-Net preset's layers); the copy is 1/N of them.
+    """
+    return np.repeat(v, length).reshape(len(v), length)
+
+
 # Batch norm runs on npseg's threads in pieces of at least this many elements (smaller arrays
 # run on the calling thread): below it, the time to hand a piece to a thread and the turns the
 # threads take at the GIL eat the gain (measured on the U-Net preset's layers).
@@ -146,14 +156,15 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, mome
     x_centered, y = np.empty_like(x3), np.empty_like(x3)      # x - mu, and the output
 
     def piece(c, x, x_centered, y):                           # channels c, (N, c, L) views
+        L = x.shape[2]
         if batch_stats:
             mean[c] = _channel_sum(x) / count
-        np.subtract(x, mean[c, None], out=x_centered)
+        np.subtract(x, _spread(mean[c], L), out=x_centered)
         if batch_stats:
             var[c] = _channel_dot(x_centered, x_centered) / count   # biased: divides by M
         inv_sigma[c] = 1 / np.sqrt(var[c] + eps)
-        np.multiply(x_centered, (gamma[c] * inv_sigma[c])[:, None], out=y)
-        y += beta[c, None]                                    # y = (x - mu) * gamma/sigma + beta
+        np.multiply(x_centered, _spread(gamma[c] * inv_sigma[c], L), out=y)
+        y += _spread(beta[c], L)                              # y = (x - mu) * gamma/sigma + beta
 
     _by_channels(piece, x3, x_centered, y)
     if batch_stats:
@@ -185,16 +196,17 @@ def batch_norm_backward(dout, cache):
     dx = np.empty_like(x_centered)
 
     def piece(c, dy, x_centered, dx):                         # channels c, (N, c, L) views
+        L = dy.shape[2]
         dbeta[c] = _channel_sum(dy)                           # sum(dy)
         dgamma[c] = _channel_dot(dy, x_centered) * inv_sigma[c]
         # sum(dy * xhat) = sum(dy * (x - mu)) / sigma
-        scale = (gamma[c] * inv_sigma[c])[:, None]            # gamma / sigma
+        scale = _spread(gamma[c] * inv_sigma[c], L)           # gamma / sigma
         if not batch_stats:
             np.multiply(dy, scale, out=dx)
             return
-        mean_dy = (dbeta[c] / count)[:, None]                 # mean(dy)
+        mean_dy = _spread(dbeta[c] / count, L)                # mean(dy)
         # xhat * mean(dy * xhat) = (x - mu) * mean(dy * xhat) / sigma
-        xc_factor = (-(dgamma[c] / count) * inv_sigma[c])[:, None]
+        xc_factor = _spread(-(dgamma[c] / count) * inv_sigma[c], L)
         # dx = scale * (dy - mean(dy) - xhat * mean(dy * xhat))
         np.multiply(x_centered, xc_factor, out=dx)
         dx += dy
