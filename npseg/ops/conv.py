@@ -65,6 +65,7 @@ import threading
 
 import numpy as np
 
+from ._channels import spread
 from ._checks import check_float_array, check_int, check_same_dtype, check_shape, pair
 from ._threads import get_num_threads, map_pieces, split, sum_in_order
 from .im2col import _col2im_pitched, _im2col_pitched, _Pitch, _windows_count
@@ -209,9 +210,11 @@ def _conv2d_block(x, w, b, G, pitch, out):
     _im2col_pitched(x, pitch, out=cols_nc)
     # out[g] = W[g] @ cols[g]: (C_out/G, K) @ (K, n*L), then drop the junk columns
     out_p = np.matmul(w.reshape(G, C_out // G, K), cols.reshape(G, K, n * pitch.L))
-    out[...] = pitch.from_pitch(out_p.reshape(C_out, n, pitch.L))
-    if b is not None:
-        out += b.reshape(-1, 1, 1)
+    products = pitch.from_pitch(out_p.reshape(C_out, n, pitch.L))
+    if b is None:
+        out[...] = products
+    else:  # the bias added on the way, spread along the rows (see npseg.ops._channels)
+        np.add(products, spread(b, out.shape[3])[:, None, :], out=out)
 
 
 def conv2d_backward(dout, cache, *, need_dx=True):
@@ -344,7 +347,7 @@ def conv_transpose2d_forward(x, w, b=None, stride=1, padding=0, output_padding=0
         np.matmul(w_g.swapaxes(-1, -2), x_p, out=cols.reshape(G, K, n * pitch.L))
         _col2im_pitched(cols_nc, pitch, out=out[start:stop])
         if b is not None:
-            out[start:stop] += b.reshape(-1, 1, 1)
+            out[start:stop] += spread(b, size[1])[:, None, :]
 
     _run_blocks(block, _image_blocks(N, C_out * kernel[0] * kernel[1] * pitch.L * x.itemsize))
     return out, (x, w, b is not None, pitch, G)
