@@ -4,7 +4,7 @@ NumPy runs every copy and every ufunc on one thread; only its matrix products (O
 several. Work that splits into independent pieces -- the image blocks of a convolution, the rows
 of an elementwise op -- runs here on T threads instead: the calling thread and a pool of T - 1,
 each taking pieces one by one. NumPy releases the GIL inside its loops, so the pieces really run
-side by side. The caller works rather than waits because waking a sleeping thread is slow (50-80
+side by side. The caller works rather than waits because waking a sleeping thread is slow (10-20
 microseconds on a 2-vCPU VM): it starts on its first piece at once, and only T - 1 threads wait
 to be woken.
 
@@ -37,10 +37,11 @@ import numpy as np
 __all__ = ["get_num_threads", "set_num_threads", "map_pieces", "map_rows", "elementwise",
            "sum_in_order"]
 
-# A piece of an elementwise op must be worth handing to a thread: dispatching pieces costs about
-# 60 microseconds (measured on a 2-vCPU VM), and small NumPy calls on two threads contend for the
-# GIL. Below about a million elements one thread is as fast; hence half a million per piece.
-MIN_ELEMENTS_PER_PIECE = 1 << 19
+# A piece of an elementwise op must be worth handing to a thread: dispatching two pieces costs
+# about 20 microseconds (measured on a 2-vCPU VM), and small NumPy calls on two threads take
+# turns at the GIL. Below about half a million elements one thread is as fast (measured on the
+# training steps); hence a quarter million per piece.
+MIN_ELEMENTS_PER_PIECE = 1 << 18
 
 _state = threading.local()          # .worker: in a pool thread, or a caller taking pieces
 _lock = threading.Lock()            # guards the making of the pool
