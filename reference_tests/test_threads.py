@@ -125,6 +125,24 @@ def test_a_new_thread_count_ends_the_old_pool_threads(threads):
         assert len(pool_threads()) == n - 1
 
 
+def test_a_pool_replaced_before_use_runs_the_pieces_inline(threads, monkeypatch):
+    # A caller got the pool just before another thread replaced it (a new thread count): its
+    # helpers have ended, so the pieces run on the caller rather than wait for them forever.
+    threads(2)
+    stale = _threads._get_pool(1)
+    threads(3)
+    _threads._get_pool(2)
+    assert stale.stopped
+    monkeypatch.setattr(_threads, "_get_pool", lambda size: stale)
+    result = []
+    caller = threading.Thread(target=lambda: result.append(
+        _threads.map_pieces(lambda k: (k, threading.get_ident()), range(3))), daemon=True)
+    caller.start()
+    caller.join(timeout=20)
+    assert not caller.is_alive()
+    assert result == [[(k, caller.ident) for k in range(3)]]
+
+
 def _run(n_threads, fn, threads):
     threads(n_threads)
     return fn()
@@ -217,9 +235,10 @@ def test_image_blocks_give_every_thread_the_same_work(n_threads, threads):
     from npseg.ops import conv as conv_module
     threads(n_threads)
     budget = conv_module._BLOCK_BYTES
+    pitch = conv_module._Pitch((1, 1), (1, 1), (1, 1), (1, 1), (0, 0), (1, 1))  # L = 1 column
     for N in (1, 2, 5, 16, 17):
-        for per_image in (1, budget // 3, budget // 2 + 1, 3 * budget):
-            blocks = conv_module._image_blocks(N, per_image)
+        for per_image in (1, budget // 3, budget // 2 + 1, 3 * budget):   # bytes of uint8 rows
+            blocks = conv_module._image_blocks(N, per_image, pitch, np.uint8)
             assert [i for a, b in blocks for i in range(a, b)] == list(range(N))
             sizes = [b - a for a, b in blocks]
             assert max(sizes) - min(sizes) <= 1

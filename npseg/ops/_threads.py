@@ -209,6 +209,7 @@ class _Pool:
         self.pid = os.getpid()
         self.helpers = [_Helper(number) for number in range(size)]
         self.busy = threading.Lock()
+        self.stopped = False                    # replaced: its helpers have ended
 
 
 def _get_pool(size: int) -> _Pool:
@@ -220,6 +221,7 @@ def _get_pool(size: int) -> _Pool:
                 with _pool.busy:                # once its caller, if any, is done with it
                     for helper in _pool.helpers:
                         helper.stop()
+                    _pool.stopped = True
             _pool = _Pool(size)
         return _pool
 
@@ -252,6 +254,9 @@ def map_pieces(fn, pieces, uses_blas=False):
 
     pool = _get_pool(get_num_threads() - 1)
     if not pool.busy.acquire(blocking=False):  # another thread of the user's has the pool
+        return [fn(p) for p in pieces]
+    if pool.stopped:                        # replaced by another thread since _get_pool
+        pool.busy.release()
         return [fn(p) for p in pieces]
     try:
         with _single_threaded_blas() if uses_blas else contextlib.nullcontext():

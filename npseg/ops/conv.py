@@ -132,8 +132,11 @@ def _check_dout(dout, cache_x, shape):
 _BLOCK_BYTES = 4 << 20
 
 
-def _image_blocks(N, cols_bytes_per_image):
-    """[(start, stop), ...]: blocks of images covering the N images of the batch."""
+def _image_blocks(N, channels, pitch, dtype):
+    """[(start, stop), ...]: blocks of images covering the N images of the batch, whose column
+    matrix has ``channels`` * kH * kW rows of ``pitch.L`` columns per image."""
+    kh, kw = pitch.kernel
+    cols_bytes_per_image = channels * kh * kw * pitch.L * np.dtype(dtype).itemsize
     threads = get_num_threads()
     count = math.ceil(N * cols_bytes_per_image / _BLOCK_BYTES)   # blocks within the budget
     return split(N, threads * max(1, math.ceil(count / threads)))
@@ -185,7 +188,7 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
     pitch = _Pitch((H, W), (Ho, Wo), kernel, stride, padding, dilation)
 
     out = np.empty((N, C_out, Ho, Wo), dtype=x.dtype)
-    blocks = _image_blocks(N, C_in * kernel[0] * kernel[1] * pitch.L * x.itemsize)
+    blocks = _image_blocks(N, C_in, pitch, x.dtype)
     _run_blocks(lambda start, stop: _conv2d_block(x[start:stop], w, b, G, pitch,
                                                   out[start:stop]), blocks)
     return out, (x, w, b is not None, pitch, G)
@@ -258,7 +261,7 @@ def conv2d_backward(dout, cache, *, need_dx=True):
             _col2im_pitched(cols_nc, pitch, out=dx[start:stop])
         return dw
 
-    blocks = _image_blocks(N, C_in * w.shape[2] * w.shape[3] * pitch.L * x.itemsize)
+    blocks = _image_blocks(N, C_in, pitch, x.dtype)
     dw = sum_in_order(_run_blocks(block, blocks), (G, C_out // G, K), x.dtype)
     return dx, dw.reshape(w.shape), db
 
@@ -349,7 +352,7 @@ def conv_transpose2d_forward(x, w, b=None, stride=1, padding=0, output_padding=0
         if b is not None:
             out[start:stop] += spread(b, size[1])[:, None, :]
 
-    _run_blocks(block, _image_blocks(N, C_out * kernel[0] * kernel[1] * pitch.L * x.itemsize))
+    _run_blocks(block, _image_blocks(N, C_out, pitch, x.dtype))
     return out, (x, w, b is not None, pitch, G)
 
 
@@ -379,6 +382,6 @@ def conv_transpose2d_backward(dout, cache):
         x_p = pitch.to_pitch(x[start:stop]).reshape(G, C_in // G, n * pitch.L)  # junk zero
         return np.matmul(x_p, dcols.swapaxes(-1, -2))  # this block's part of dW
 
-    blocks = _image_blocks(N, C_out * w.shape[2] * w.shape[3] * pitch.L * x.itemsize)
+    blocks = _image_blocks(N, C_out, pitch, x.dtype)
     dw = sum_in_order(_run_blocks(block, blocks), (G, C_in // G, K), x.dtype)
     return dx, dw.reshape(w.shape), db

@@ -141,7 +141,7 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, mome
         mean, var = np.empty(channels, dtype=dtype), np.empty(channels, dtype=dtype)
     else:
         # Evaluation (or an empty training batch): the running statistics are constants.
-        mean, var = running_mean.copy(), running_var.copy()
+        mean, var = running_mean, running_var
     inv_sigma = np.empty(channels, dtype=dtype)               # 1 / sigma, (C,)
     x3 = _rows(x)                                             # (N, C, L) view
     x_centered, y = np.empty_like(x3), np.empty_like(x3)      # x - mu, and the output
