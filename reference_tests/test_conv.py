@@ -197,7 +197,8 @@ def test_conv2d_backward_without_dx_gives_the_same_dw_and_db(cfg, seed):
     dx, dw, db = ops.conv2d_backward(dout, cache)
     none, dw_only, db_only = ops.conv2d_backward(dout, cache, need_dx=False)
     assert none is None
-    np.testing.assert_array_equal(dw_only, dw)
+    # with stride 1, dw comes from dout's columns when dx is computed too: other sums, same value
+    np.testing.assert_allclose(dw_only, dw, rtol=1e-12, atol=1e-12 * np.abs(dw).max())
     if b is None:
         assert db_only is None
     else:

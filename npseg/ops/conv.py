@@ -54,8 +54,9 @@ channel-major, (C*kH*kW, n*L) for n images of L columns, so that each product is
 per group for the whole block: the weights are packed once per block, not once per image, which
 matters where an image has few columns (a 7x7 kernel on a 2x2 map: 4x faster than per image). The
 backward pass rebuilds it from the cached x (rather than keeping a 9x-larger copy of every
-layer's input alive between forward and backward) and writes dcols over it. The cache keeps a
-reference to x, so x must not be modified before backward.
+layer's input alive between forward and backward) and writes dcols over it; with stride 1 it
+builds only the columns of dout, which give dx as a convolution of dout and dW both. The cache
+keeps a reference to x, so x must not be modified before backward.
 """
 
 from __future__ import annotations
@@ -230,8 +231,8 @@ def conv2d_backward(dout, cache, *, need_dx=True):
     db[o] = sum_{n, i, j} dout[n, o, i, j].
 
     With stride 1 (and padding <= d*(k - 1)), dx is computed as the equivalent convolution
-    dx = conv2d(dout, flip(W)^T, padding=d*(k - 1) - padding) instead (see
-    :func:`_input_gradient_as_conv2d`).
+    dx = conv2d(dout, flip(W)^T, padding=d*(k - 1) - padding) instead, and dW from that
+    convolution's columns of dout (see :func:`_input_gradient_as_conv2d`).
     """
     x, w, has_bias, pitch, G = cache
     N, C_in = x.shape[:2]
@@ -240,9 +241,11 @@ def conv2d_backward(dout, cache, *, need_dx=True):
     K = C_in // G * w.shape[2] * w.shape[3]
 
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None
+    as_conv2d = _input_gradient_as_conv2d(w, G, pitch) if need_dx else None
+    if as_conv2d is not None:
+        return _conv2d_backward_as_conv2d(dout, x, w, G, *as_conv2d) + (db,)
     w_g = w.reshape(G, C_out // G, K)
     dx = np.empty_like(x, order="C") if need_dx else None
-    as_conv2d = _input_gradient_as_conv2d(w, G, pitch) if need_dx else None
 
     def block(start, stop):
         n = stop - start
@@ -251,12 +254,7 @@ def conv2d_backward(dout, cache, *, need_dx=True):
         _im2col_pitched(x[start:stop], pitch, out=cols_nc)             # cols, then dcols
         cols_g = cols.reshape(G, K, n * pitch.L)
         dw = np.matmul(dout_p, cols_g.swapaxes(-1, -2))  # this block's sum over its images
-        if not need_dx:
-            return dw
-        if as_conv2d is not None:  # dx = conv2d(dout, w_t); its columns reuse the workspace
-            w_t, pitch_t = as_conv2d
-            _conv2d_block(dout[start:stop], w_t, None, G, pitch_t, dx[start:stop])
-        else:
+        if need_dx:
             np.matmul(w_g.swapaxes(-1, -2), dout_p, out=cols_g)  # dcols[g] = W[g]^T @ dout[g]
             _col2im_pitched(cols_nc, pitch, out=dx[start:stop])
         return dw
@@ -264,6 +262,32 @@ def conv2d_backward(dout, cache, *, need_dx=True):
     blocks = _image_blocks(N, C_in, pitch, x.dtype)
     dw = sum_in_order(_run_blocks(block, blocks), (G, C_out // G, K), x.dtype)
     return dx, dw.reshape(w.shape), db
+
+
+def _conv2d_backward_as_conv2d(dout, x, w, G, w_t, pitch_t):
+    """``(dx, dw)`` of a stride-1 conv2d from the columns of dout alone (no columns of x).
+
+    dx = conv2d(dout, w_t) over the windows ``pitch_t`` (x's pixels), and with the same
+    columns, dcols_t = im2col(dout) of that convolution, the weight gradient: its row
+    (o, p', q') at x's pixel (y, x') holds dout[o, y + d_h*p' - pad'_h, x' + d_w*q' - pad'_w],
+    which is the dout entry that kernel offset (kH - 1 - p', kW - 1 - q') links to x[c, y, x'], so
+
+        dW[g, o, c, p, q] = dW_t[g, c, o, kH - 1 - p, kW - 1 - q],  dW_t[g] = sum_n x[n, g] @ dcols_t[n, g]^T
+
+    This is conv_transpose2d's backward pass for dout -> dx (:func:`_transposed_backward_block`).
+    One im2col per block instead of two (x's and dout's): the columns of x are not needed.
+    """
+    N, C_in = x.shape[:2]
+    C_out, _, kh, kw = w.shape
+    w_t_g = w_t.reshape(G, C_in // G, C_out // G * kh * kw)
+    dx = np.empty_like(x, order="C")
+    blocks = _image_blocks(N, C_out, pitch_t, x.dtype)
+    dw_t = sum_in_order(
+        _run_blocks(lambda start, stop: _transposed_backward_block(
+            dout[start:stop], x[start:stop], w_t_g, G, pitch_t, dx[start:stop]), blocks),
+        w_t_g.shape, x.dtype)
+    dw = dw_t.reshape(G, C_in // G, C_out // G, kh, kw)[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4)
+    return dx, np.ascontiguousarray(dw).reshape(w.shape)
 
 
 def _input_gradient_as_conv2d(w, G, pitch):
@@ -278,12 +302,13 @@ def _input_gradient_as_conv2d(w, G, pitch):
 
         w_t[g*C_in/G + c, o, p', q'] = w[g*C_out/G + o, c, kH - 1 - p', kW - 1 - q'],
 
-    dilation d and padding pad' (valid when pad' >= 0). Its im2col copies C_out*kH*kW rows and
-    its GEMM sums over them, where dcols = W^T @ dout writes C_in*kH*kW rows from a sum over
-    C_out, which col2im then adds up slice by slice. Measured on the presets' layers, the
-    convolution is as fast or up to 1.8x faster when C_out <= 2*C_in, and slower beyond (the
-    first layer, 3 -> 8 channels: 1.5x slower). None (the col2im path) for strides > 1,
-    paddings > d*(k - 1) or C_out > 2*C_in.
+    dilation d and padding pad' (valid when pad' >= 0). The backward pass then needs one column
+    matrix per block, dout's (C_out*kH*kW rows), for dx and dW both (see
+    :func:`_conv2d_backward_as_conv2d`), where the col2im path builds x's columns for dW and
+    then dcols = W^T @ dout (C_in*kH*kW rows each), which col2im adds up slice by slice.
+    Measured on 16 images, 2 threads: 1.5-2.2x faster when C_out <= C_in, as fast at
+    C_out = 2*C_in, slower beyond (1.1-1.7x at C_out = 4*C_in). None (the col2im path) for
+    strides > 1, paddings > d*(k - 1) or C_out > 2*C_in.
     """
     (kh, kw), (dh, dw), (ph, pw) = pitch.kernel, pitch.dilation, pitch.padding
     pad_t = (dh * (kh - 1) - ph, dw * (kw - 1) - pw)
@@ -373,15 +398,25 @@ def conv_transpose2d_backward(dout, cache):
     dx = np.empty_like(x, order="C")
 
     def block(start, stop):
-        n = stop - start
-        dcols, dcols_nc = _block_columns((C_out,) + w.shape[2:], n, pitch, x.dtype)
-        _im2col_pitched(dout[start:stop], pitch, out=dcols_nc)
-        dcols = dcols.reshape(G, K, n * pitch.L)
-        dx_p = np.matmul(w_g, dcols)  # dx[g] = W[g] @ dcols[g]
-        dx[start:stop] = pitch.from_pitch(dx_p.reshape(C_in, n, pitch.L))
-        x_p = pitch.to_pitch(x[start:stop]).reshape(G, C_in // G, n * pitch.L)  # junk zero
-        return np.matmul(x_p, dcols.swapaxes(-1, -2))  # this block's part of dW
+        return _transposed_backward_block(dout[start:stop], x[start:stop], w_g, G, pitch,
+                                          dx[start:stop])
 
     blocks = _image_blocks(N, C_out, pitch, x.dtype)
     dw = sum_in_order(_run_blocks(block, blocks), (G, C_in // G, K), x.dtype)
     return dx, dw.reshape(w.shape), db
+
+
+def _transposed_backward_block(dout, x, w_g, G, pitch, dx):
+    """One block of images of conv_transpose2d's backward pass: dcols = im2col(dout) in the
+    thread's workspace, dx[g] = W[g] @ dcols[g] (the junk columns dropped, into ``dx``), and
+    returns this block's part of dW[g] = sum_n x[n, g] @ dcols[n, g]^T. ``pitch`` describes
+    dout's windows (x's pixels); w_g is (G, C_in/G, C_out/G*kH*kW)."""
+    n, C_out = dout.shape[:2]
+    C_in, K = x.shape[1], w_g.shape[2]
+    dcols, dcols_nc = _block_columns((C_out,) + pitch.kernel, n, pitch, x.dtype)
+    _im2col_pitched(dout, pitch, out=dcols_nc)
+    dcols = dcols.reshape(G, K, n * pitch.L)
+    dx_p = np.matmul(w_g, dcols)  # dx[g] = W[g] @ dcols[g]
+    dx[...] = pitch.from_pitch(dx_p.reshape(C_in, n, pitch.L))
+    x_p = pitch.to_pitch(x).reshape(G, C_in // G, n * pitch.L)  # junk zero
+    return np.matmul(x_p, dcols.swapaxes(-1, -2))  # this block's part of dW
