@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from hypothesis import strategies as st
 
+from npseg.ops import batch_norm_forward
 from npseg.ops._checks import conv_output_size
 
 
@@ -242,6 +243,16 @@ def batch_norm_inputs(dtype):
         return _call(draw, (x, gamma, beta, running_mean, running_var, training),
                      dict(momentum=momentum, eps=eps))
     return build()
+
+
+def batch_norm_relu_inputs(dtype):
+    """batch_norm's inputs, none of whose batch-norm outputs lies within 1e-3 of ReLU's kink at
+    0 (where the two devices' roundings could fall on either side of it)."""
+    def away_from_the_kink(call):
+        copies = [a.astype(np.float64) if isinstance(a, np.ndarray) else a for a in call.args]
+        y, _ = batch_norm_forward(*copies, **call.kwargs)
+        return not (np.abs(y) < 1e-3).any()
+    return batch_norm_inputs(dtype).filter(away_from_the_kink)
 
 
 def _small_shape(draw):
@@ -497,6 +508,7 @@ REGISTRY = {
     "avg_pool2d": Case(avg_pool2d_inputs),
     # normalization (running_mean, running_var: updated in place)
     "batch_norm": Case(batch_norm_inputs, mutated=(3, 4)),
+    "batch_norm_relu": Case(batch_norm_relu_inputs, mutated=(3, 4)),
     # activations, dropout
     "relu": Case(activation_inputs),
     "leaky_relu": Case(lambda dtype: activation_inputs(

@@ -445,3 +445,51 @@ def test_forward_and_backward_match_torch_with_copied_weights():
         for name, b in ours.state_dict().items():
             np.testing.assert_allclose(b, theirs.state_dict()[name].numpy(), rtol=1e-10,
                                        err_msg=name)
+
+
+def test_sequential_fuses_batch_norm_and_relu_with_the_same_numbers(monkeypatch):
+    """Conv -> BN -> ReLU in a Sequential runs BN and ReLU as one op; outputs, gradients and
+    running statistics are those of the modules called one by one."""
+    npseg.random.manual_seed(0)
+    seq = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(),
+                        nn.Conv2d(3, 2, 1), nn.BatchNorm2d(2), nn.ReLU())
+    twin = nn.Sequential(*[m for m in seq])                 # the same modules, called by hand
+    fused_calls = []
+    original = nn.BatchNorm2d.forward_relu
+    monkeypatch.setattr(nn.BatchNorm2d, "forward_relu",
+                        lambda self, x: fused_calls.append(self) or original(self, x))
+    x = np.random.default_rng(0).standard_normal((2, 2, 5, 4)).astype(np.float32)
+    state = {k: v.copy() for k, v in seq.state_dict().items()}
+
+    xa = Tensor(x, requires_grad=True)
+    out = seq(xa)
+    out.sum().backward()
+    assert fused_calls == [seq[1], seq[4]]
+    got = [out.data, xa.grad] + [p.grad.copy() for p in seq.parameters()]
+    got_state = {k: v.copy() for k, v in seq.state_dict().items()}
+
+    seq.load_state_dict(state)
+    for p in seq.parameters():
+        p.grad = None
+    xb = Tensor(x, requires_grad=True)
+    y = xb
+    for module in twin:
+        y = module(y)
+    y.sum().backward()
+    expected = [y.data, xb.grad] + [p.grad for p in twin.parameters()]
+    assert all(np.array_equal(a, b) for a, b in zip(got, expected, strict=True))
+    assert all(np.array_equal(got_state[k], v) for k, v in twin.state_dict().items())
+    assert len(fused_calls) == 2                            # the modules one by one: no fusion
+
+
+def test_sequential_does_not_fuse_subclasses_or_other_orders():
+    class MyReLU(nn.ReLU):
+        def forward(self, x):
+            return F.relu(x) * 2.0
+
+    x = Tensor(np.random.default_rng(1).standard_normal((2, 3, 2, 2)).astype(np.float32))
+    bn = nn.BatchNorm2d(3)
+    out = nn.Sequential(bn, MyReLU())(x)
+    assert np.array_equal(out.data, 2.0 * np.maximum(bn(x).data, 0))
+    relu_first = nn.Sequential(nn.ReLU(), nn.BatchNorm2d(3))(x)   # ReLU then BN: no fusion
+    assert relu_first.shape == (2, 3, 2, 2) and (relu_first.data < 0).any()

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from npseg import ops
@@ -137,13 +137,15 @@ def test_float32_in_float32_out(training, shape):
     assert [g.shape for g in grads] == [x.shape, (3,), (3,)]
 
 
+@pytest.mark.parametrize("op", ["batch_norm", "batch_norm_relu"])
 @pytest.mark.parametrize("training", [True, False])
-def test_only_the_running_stats_are_mutated(training):
+def test_only_the_running_stats_are_mutated(training, op):
+    forward, backward = getattr(ops, f"{op}_forward"), getattr(ops, f"{op}_backward")
     x, gamma, beta, running_mean, running_var = make_inputs((4, 3, 2, 2), 2)
     dout = np.random.default_rng(0).standard_normal(x.shape)
     before = [a.copy() for a in (x, gamma, beta, running_mean, running_var, dout)]
-    _, cache = ops.batch_norm_forward(x, gamma, beta, running_mean, running_var, training)
-    ops.batch_norm_backward(dout, cache)
+    _, cache = forward(x, gamma, beta, running_mean, running_var, training)
+    backward(dout, cache)
     after = (x, gamma, beta, running_mean, running_var, dout)
     changed = [not np.array_equal(a, b) for a, b in zip(before, after)]
     assert changed == [False, False, False, training, training, False]
@@ -226,3 +228,51 @@ def test_batch_norm_matches_torch(training, shape, dtype):
     np.testing.assert_allclose(running_var, rv_t.numpy(), **tol)
     for ours, theirs in zip(grads, (xt.grad, gt.grad, bt.grad)):
         np.testing.assert_allclose(ours, theirs.numpy(), **tol)
+
+
+# --- batch norm + ReLU as one op ----------------------------------------------------------------
+
+def _away_from_the_kink(x, gamma, beta, running_mean, running_var, training):
+    """True when no batch-norm output lies within 1e-3 of ReLU's kink at 0 (central differences
+    with a step of 1e-6 would straddle it)."""
+    y, _ = ops.batch_norm_forward(x, gamma, beta, running_mean.copy(), running_var.copy(),
+                                  training)
+    return not (np.abs(y) < 1e-3).any()
+
+
+@given(shape=bn_shapes(), seed=seeds, training=st.booleans())
+def test_batch_norm_relu_gradient(shape, seed, training):
+    x, gamma, beta, running_mean, running_var = make_inputs(shape, seed)
+    assume(_away_from_the_kink(x, gamma, beta, running_mean, running_var, training))
+    check_op(ops.batch_norm_relu_forward, ops.batch_norm_relu_backward,
+             [x, gamma, beta, running_mean, running_var, training], wrt=[0, 1, 2])
+
+
+@given(shape=bn_shapes(), seed=seeds, training=st.booleans(),
+       dtype=st.sampled_from([np.float32, np.float64]))
+def test_batch_norm_relu_gives_the_numbers_of_batch_norm_then_relu(shape, seed, training, dtype):
+    x, gamma, beta, running_mean, running_var = make_inputs(shape, seed, dtype)
+    mean_2, var_2 = running_mean.copy(), running_var.copy()
+    dout = np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+    y, bn_cache = ops.batch_norm_forward(x, gamma, beta, running_mean, running_var, training)
+    z, relu_cache = ops.relu_forward(y)
+    expected = ops.batch_norm_backward(ops.relu_backward(dout, relu_cache)[0], bn_cache)
+    z_fused, cache = ops.batch_norm_relu_forward(x, gamma, beta, mean_2, var_2, training)
+    assert z_fused.dtype == dtype and np.array_equal(z_fused, z)       # bit for bit
+    assert np.array_equal(mean_2, running_mean) and np.array_equal(var_2, running_var)
+    for got, want in zip(ops.batch_norm_relu_backward(dout, cache), expected, strict=True):
+        assert got.dtype == dtype and np.array_equal(got, want)
+
+
+def test_batch_norm_relu_bad_input():
+    x, gamma, beta, running_mean, running_var = make_inputs((4, 3, 2), 0)
+    with pytest.raises(TypeError, match="x"):
+        ops.batch_norm_relu_forward(x.astype(np.int64), gamma, beta, running_mean, running_var,
+                                    True)
+    with pytest.raises(ValueError, match="beta"):
+        ops.batch_norm_relu_forward(x, gamma, beta[:2], running_mean, running_var, True)
+    _, cache = ops.batch_norm_relu_forward(x, gamma, beta, running_mean, running_var, True)
+    with pytest.raises(ValueError, match="dout"):
+        ops.batch_norm_relu_backward(np.ones((4, 3)), cache)
+    with pytest.raises(TypeError, match="dout"):
+        ops.batch_norm_relu_backward(np.ones((4, 3, 2), dtype=np.float32), cache)

@@ -244,6 +244,15 @@ class BatchNorm2d(Module):
             init.zeros_(self.bias)
 
     def forward(self, x):
+        return self._forward(x, F.batch_norm)
+
+    def forward_relu(self, x):
+        """``relu(self(x))`` as one fused op (:func:`npseg.functional.batch_norm_relu`): the
+        same numbers and the same update of the running statistics. ``nn.Sequential`` calls it
+        for a BatchNorm2d followed by a ReLU."""
+        return self._forward(x, F.batch_norm_relu)
+
+    def _forward(self, x, batch_norm):
         if x.ndim != 4:
             raise ValueError(f"BatchNorm2d expects 4-D input (N, C, H, W), got shape {x.shape}")
         momentum = 0.0 if self.momentum is None else self.momentum
@@ -253,9 +262,9 @@ class BatchNorm2d(Module):
                 momentum = 1.0 / float(self.num_batches_tracked.item())
         use_batch_stats = self.training or self.running_mean is None
         update = not self.training or self.track_running_stats
-        return F.batch_norm(x, self.running_mean if update else None,
-                            self.running_var if update else None, self.weight, self.bias,
-                            use_batch_stats, momentum, self.eps)
+        return batch_norm(x, self.running_mean if update else None,
+                          self.running_var if update else None, self.weight, self.bias,
+                          use_batch_stats, momentum, self.eps)
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "

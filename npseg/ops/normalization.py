@@ -16,6 +16,12 @@ In training the batch statistics normalise, and the running statistics follow th
 In evaluation ``running_mean`` and ``running_var`` take the place of mu and var, and are constants.
 (PyTorch's ``momentum=None``, a cumulative average, is not supported: momentum is a number.)
 
+``batch_norm_relu_forward`` / ``_backward`` are batch norm followed by a ReLU, z = max(y, 0), as
+one op: the same operations in the same order, so the same numbers as ``relu_forward`` after
+``batch_norm_forward``, but the ReLU runs on each range of channels right after batch norm wrote
+it (still in the CPU cache) and the threads are handed work once instead of twice. Networks
+with a BN -> ReLU in every block (U-Net, SegNet, VGG-BN) use it through ``nn.Sequential``.
+
 **Mutation.** The training forward updates ``running_mean`` and ``running_var`` *in place* (as
 PyTorch does). This is the only place in the whole library where an op writes into an argument;
 everything else, ``x``, ``gamma`` and ``beta`` included, is never modified.
@@ -33,7 +39,8 @@ from npseg.ops._checks import check_dout
 from npseg.ops._channels import spread
 from npseg.ops._threads import get_num_threads, map_pieces, split
 
-__all__ = ["batch_norm_forward", "batch_norm_backward"]
+__all__ = ["batch_norm_forward", "batch_norm_backward",
+           "batch_norm_relu_forward", "batch_norm_relu_backward"]
 
 
 def _rows(a):
@@ -133,6 +140,24 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, mome
 
     Returns ``(y, cache)``.
     """
+    return _batch_norm_forward(x, gamma, beta, running_mean, running_var, training, momentum,
+                               eps, relu=False)
+
+
+def batch_norm_relu_forward(x, gamma, beta, running_mean, running_var, training, momentum=0.1,
+                            eps=1e-5):
+    """z = max(y, 0) with y = :func:`batch_norm_forward` (same arguments, same in-place update
+    of the running statistics in training): batch norm and ReLU as one op.
+
+    Returns ``(z, cache)``; the cache is batch norm's and the mask y > 0.
+    """
+    return _batch_norm_forward(x, gamma, beta, running_mean, running_var, training, momentum,
+                               eps, relu=True)
+
+
+def _batch_norm_forward(x, gamma, beta, running_mean, running_var, training, momentum, eps,
+                        relu):
+    """Batch norm's forward pass, then ReLU's when ``relu``."""
     training, momentum, eps, channels, count = _check_batch_norm(
         x, gamma, beta, running_mean, running_var, training, momentum, eps)
     batch_stats = training and count > 1
@@ -145,8 +170,9 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, mome
     inv_sigma = np.empty(channels, dtype=dtype)               # 1 / sigma, (C,)
     x3 = _rows(x)                                             # (N, C, L) view
     x_centered, y = np.empty_like(x3), np.empty_like(x3)      # x - mu, and the output
+    positive = np.empty(x3.shape, dtype=bool) if relu else None   # y > 0, for ReLU's backward
 
-    def piece(c, x, x_centered, y):                           # channels c, (N, c, L) views
+    def piece(c, x, x_centered, y, positive=None):            # channels c, (N, c, L) views
         L = x.shape[2]
         if batch_stats:
             mean[c] = _channel_sum(x) / count
@@ -156,13 +182,17 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, mome
         inv_sigma[c] = 1 / np.sqrt(var[c] + eps)
         np.multiply(x_centered, spread(gamma[c] * inv_sigma[c], L), out=y)
         y += spread(beta[c], L)                              # y = (x - mu) * gamma/sigma + beta
+        if relu:  # ReLU on the rows just written, as relu_forward computes it: max(y, zeros)
+            np.greater(y, 0, out=positive)
+            np.maximum(y, np.zeros(y.shape[1:], dtype=dtype), out=y)
 
-    _by_channels(piece, x3, x_centered, y)
+    _by_channels(piece, x3, x_centered, y, *((positive,) if relu else ()))
     if batch_stats:
         _update_running_stats(running_mean, running_var, mean, var, momentum, count)
     # The cache holds x - mu rather than xhat = (x - mu) / sigma: backward needs xhat only in
     # per-channel sums and products, where the factor 1/sigma goes onto the (C,) vectors.
-    return y.reshape(x.shape), (x_centered, x.shape, gamma.copy(), inv_sigma, batch_stats)
+    cache = (x_centered, x.shape, gamma.copy(), inv_sigma, batch_stats)
+    return y.reshape(x.shape), ((cache, positive) if relu else cache)
 
 
 def batch_norm_backward(dout, cache):
@@ -179,14 +209,35 @@ def batch_norm_backward(dout, cache):
     the chain rule through mu and var); note mean(dy) = dbeta / M and mean(dy * xhat) = dgamma / M.
     In evaluation mu and sigma are the running statistics, constants, and x -> y is affine.
     """
+    check_dout(dout, cache[1], cache[0].dtype)
+    return _batch_norm_backward(_rows(dout), cache, positive=None)
+
+
+def batch_norm_relu_backward(dout, cache):
+    """Gradients of :func:`batch_norm_relu_forward`: ``(dx, dgamma, dbeta)``.
+
+    ReLU's backward first, dy = dout where y > 0 else 0, then :func:`batch_norm_backward` of dy;
+    both on each range of channels in turn.
+    """
+    bn_cache, positive = cache
+    check_dout(dout, bn_cache[1], bn_cache[0].dtype)
+    return _batch_norm_backward(_rows(dout), bn_cache, positive)
+
+
+def _batch_norm_backward(dout, cache, positive):
+    """Batch norm's backward pass for (N, C, L) ``dout``; ReLU's before it when ``positive``
+    (the mask y > 0) is given."""
     x_centered, shape, gamma, inv_sigma, batch_stats = cache  # x - mu: (N, C, L)
-    check_dout(dout, shape, x_centered.dtype)
     channels, dtype = x_centered.shape[1], x_centered.dtype
     count = x_centered.size // channels if channels else 0   # M
     dgamma, dbeta = np.empty(channels, dtype=dtype), np.empty(channels, dtype=dtype)
     dx = np.empty_like(x_centered)
+    relu = positive is not None
+    dy_relu = np.empty_like(x_centered) if relu else None    # ReLU's input gradient
 
-    def piece(c, dy, x_centered, dx):                         # channels c, (N, c, L) views
+    def piece(c, dy, x_centered, dx, positive=None, dy_relu=None):  # channels c, (N, c, L)
+        if relu:  # ReLU's backward, as relu_backward computes it: dout times the mask
+            dy = np.multiply(dy, positive, out=dy_relu)
         L = dy.shape[2]
         dbeta[c] = _channel_sum(dy)                           # sum(dy)
         dgamma[c] = _channel_dot(dy, x_centered) * inv_sigma[c]
@@ -204,5 +255,5 @@ def batch_norm_backward(dout, cache):
         dx -= mean_dy
         dx *= scale
 
-    _by_channels(piece, _rows(dout), x_centered, dx)
+    _by_channels(piece, dout, x_centered, dx, *((positive, dy_relu) if relu else ()))
     return dx.reshape(shape), dgamma, dbeta

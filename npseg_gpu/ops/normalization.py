@@ -4,7 +4,8 @@ Same formulas, arguments, checks and in-place update of the running statistics a
 x is viewed as (N, C, L) (L = 1 for (N, C) input). The per-channel sums run in
 :mod:`npseg_gpu.kernels.batchnorm` (one block per channel, a shared-memory reduction), the
 normalisation and the input gradient in elementwise kernels; the (C,)-sized glue (running
-statistics, 1/sigma) is CuPy.
+statistics, 1/sigma) is CuPy. ``batch_norm_relu`` is batch norm then the device's ReLU op (the
+NumPy op fuses them to save passes over CPU memory; on the GPU they stay two kernels apart).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from npseg_gpu.kernels import batchnorm as K
 from npseg_gpu.kernels._launch import launch, launch_blocks
 from npseg_gpu.ops._dout import check_dout
 from npseg_gpu.ops._util import contiguous, empty, require_device
+from npseg_gpu.ops.activation import relu_backward, relu_forward
 
-__all__ = ["batch_norm_forward", "batch_norm_backward"]
+__all__ = ["batch_norm_forward", "batch_norm_backward",
+           "batch_norm_relu_forward", "batch_norm_relu_backward"]
 
 
 def _as_ncl(a):
@@ -84,3 +87,21 @@ def batch_norm_backward(dout, cache):
     launch(K.batch_grad_kernel, dx.size, dy, x_hat, contiguous(scale),
            contiguous(dbeta / count), contiguous(dgamma / count), dx)
     return dx.reshape(shape), dgamma, dbeta
+
+
+def batch_norm_relu_forward(x, gamma, beta, running_mean, running_var, training, momentum=0.1,
+                            eps=1e-5):
+    """z = max(batch_norm(x), 0), as :func:`npseg.ops.batch_norm_relu_forward`. Returns
+    ``(z, cache)``."""
+    y, bn_cache = batch_norm_forward(x, gamma, beta, running_mean, running_var, training,
+                                     momentum, eps)
+    z, relu_cache = relu_forward(y)
+    return z, (bn_cache, relu_cache)
+
+
+def batch_norm_relu_backward(dout, cache):
+    """Gradients of :func:`batch_norm_relu_forward`: ReLU's backward, then batch norm's;
+    ``(dx, dgamma, dbeta)``."""
+    bn_cache, relu_cache = cache
+    (dy,) = relu_backward(dout, relu_cache)
+    return batch_norm_backward(dy, bn_cache)
