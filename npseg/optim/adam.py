@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 from npseg.ops._checks import check_number
+from npseg.ops._threads import MIN_ELEMENTS_PER_PIECE, elementwise
 from npseg.optim.optimizer import Optimizer
 
 __all__ = ["Adam", "AdamW"]
@@ -52,15 +53,35 @@ class Adam(Optimizer):
                 p.data *= 1 - lr * weight_decay
             else:
                 grad = grad + weight_decay * p.data
-        m, v = state["exp_avg"], state["exp_avg_sq"]
-        m += (1 - beta1) * (grad - m)
-        v *= beta2
-        v += (1 - beta2) * grad * grad
-        if group["amsgrad"]:
-            v = xp.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
         step_size = lr / (1 - beta1 ** step)
-        denom = xp.sqrt(v) / math.sqrt(1 - beta2 ** step) + eps
-        p.data -= step_size * (m / denom)
+        bias_correction2 = math.sqrt(1 - beta2 ** step)
+        moments = [state["exp_avg"], state["exp_avg_sq"]]
+        if group["amsgrad"]:
+            moments.append(state["max_exp_avg_sq"])
+
+        def update(p, grad, work, m, v, v_max=None):
+            # the formulas of the module docstring, in place, `work` holding each temporary
+            xp.subtract(grad, m, out=work)
+            work *= 1 - beta1
+            m += work                                   # m += (1 - beta1) * (g - m)
+            v *= beta2
+            xp.multiply(grad, 1 - beta2, out=work)
+            work *= grad
+            v += work                                   # v = beta2 v + (1 - beta2) g^2
+            if v_max is not None:
+                v = xp.maximum(v_max, v, out=v_max)
+            xp.sqrt(v, out=work)
+            work /= bias_correction2
+            work += eps                                 # sqrt(v) / sqrt(1 - beta2^t) + eps
+            xp.divide(m, work, out=work)
+            work *= step_size
+            p -= work                                   # p -= step_size * m / denom
+
+        arrays = (p.data, grad, xp.empty_like(p.data), *moments)
+        if p.data.size < 2 * MIN_ELEMENTS_PER_PIECE:
+            update(*arrays)         # one piece: skip the cost of cutting it up
+        else:                       # pieces on npseg's threads (elementwise: the same numbers)
+            elementwise(update, *arrays)
 
 
 class AdamW(Adam):
