@@ -26,7 +26,8 @@ from npseg.ops._checks import check_choice, check_int, check_number, pair
 __all__ = [
     # layers
     "conv2d", "conv_transpose2d", "linear", "max_pool2d", "max_unpool2d", "avg_pool2d",
-    "batch_norm", "batch_norm_relu", "relu", "leaky_relu", "sigmoid", "tanh", "dropout", "interpolate",
+    "batch_norm", "batch_norm_relu", "relu", "leaky_relu", "sigmoid", "tanh", "dropout",
+    "interpolate",
     "softmax", "log_softmax",
     # losses
     "cross_entropy", "binary_cross_entropy_with_logits", "smooth_l1_loss",

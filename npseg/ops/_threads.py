@@ -35,7 +35,7 @@ import threading
 import numpy as np
 
 __all__ = ["get_num_threads", "set_num_threads", "map_pieces", "map_rows", "elementwise",
-           "sum_in_order"]
+           "ranges", "sum_in_order"]
 
 # A piece of an elementwise op must be worth handing to a thread: dispatching two pieces costs
 # about 20 microseconds (measured on a 2-vCPU VM), and small NumPy calls on two threads take
@@ -294,6 +294,13 @@ def split(n: int, parts: int) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:]))
 
 
+def ranges(n: int, size: int, min_elements: int = MIN_ELEMENTS_PER_PIECE):
+    """``split(n, parts)`` for work on ``size`` elements spread over ``n`` rows (or channels):
+    one part per thread, but no part of fewer than ``min_elements`` elements (so small work is
+    one part, run on the calling thread)."""
+    return split(n, min(get_num_threads(), size // max(1, min_elements)))
+
+
 def map_rows(fn, *arrays, min_elements=MIN_ELEMENTS_PER_PIECE, uses_blas=False):
     """Cut every array along axis 0 into the same pieces and call ``fn(*pieces)`` on each.
 
@@ -302,12 +309,10 @@ def map_rows(fn, *arrays, min_elements=MIN_ELEMENTS_PER_PIECE, uses_blas=False):
     ``uses_blas``: ``fn`` multiplies matrices (see :func:`map_pieces`). Returns the list of what
     ``fn`` returned, in row order.
     """
-    first = arrays[0]
-    n = first.shape[0]
-    parts = min(get_num_threads(), first.size // max(1, min_elements), n)
-    if parts < 2:
+    pieces = ranges(len(arrays[0]), arrays[0].size, min_elements)
+    if len(pieces) < 2:
         return [fn(*arrays)]
-    return map_pieces(lambda r: fn(*(a[r[0]:r[1]] for a in arrays)), split(n, parts), uses_blas)
+    return map_pieces(lambda r: fn(*(a[r[0]:r[1]] for a in arrays)), pieces, uses_blas)
 
 
 def elementwise(fn, *arrays):
@@ -318,8 +323,9 @@ def elementwise(fn, *arrays):
     piece is computed on its own. Arrays that are not NumPy or not C-contiguous go to ``fn``
     whole, and so do small ones (one piece, see :func:`map_rows`).
     """
-    if not all(type(a) is np.ndarray and a.flags.c_contiguous for a in arrays):
-        fn(*arrays)
+    if (arrays[0].size < 2 * MIN_ELEMENTS_PER_PIECE    # one piece (see ranges)
+            or not all(type(a) is np.ndarray and a.flags.c_contiguous for a in arrays)):
+        fn(*arrays)                 # one piece: the arrays as they are
         return
     map_rows(fn, *(a.reshape(-1) for a in arrays))
 

@@ -272,7 +272,8 @@ def _conv2d_backward_as_conv2d(dout, x, w, G, w_t, pitch_t):
     (o, p', q') at x's pixel (y, x') holds dout[o, y + d_h*p' - pad'_h, x' + d_w*q' - pad'_w],
     which is the dout entry that kernel offset (kH - 1 - p', kW - 1 - q') links to x[c, y, x'], so
 
-        dW[g, o, c, p, q] = dW_t[g, c, o, kH - 1 - p, kW - 1 - q],  dW_t[g] = sum_n x[n, g] @ dcols_t[n, g]^T
+        dW[g, o, c, p, q] = dW_t[g, c, o, kH - 1 - p, kW - 1 - q],
+        dW_t[g] = sum_n x[n, g] @ dcols_t[n, g]^T
 
     This is conv_transpose2d's backward pass for dout -> dx (:func:`_transposed_backward_block`).
     One im2col per block instead of two (x's and dout's): the columns of x are not needed.

@@ -37,7 +37,7 @@ from npseg.ops._checks import (check_bool, check_float_array, check_number, chec
                                check_shape)
 from npseg.ops._checks import check_dout
 from npseg.ops._channels import spread
-from npseg.ops._threads import get_num_threads, map_pieces, split
+from npseg.ops._threads import map_pieces, ranges
 
 __all__ = ["batch_norm_forward", "batch_norm_backward",
            "batch_norm_relu_forward", "batch_norm_relu_backward"]
@@ -79,11 +79,9 @@ def _by_channels(fn, *arrays):
     A channel's statistics lie within one piece, so the pieces need nothing from each other:
     one pass of threads per forward or backward. Their sums are matrix products (BLAS).
     """
-    first = arrays[0]
-    channels = first.shape[1]
-    parts = min(get_num_threads(), channels, first.size // _MIN_ELEMENTS_PER_PIECE)
-    map_pieces(lambda r: fn(slice(*r), *(a[:, r[0]:r[1]] for a in arrays)),
-               split(channels, parts), uses_blas=True)
+    pieces = ranges(arrays[0].shape[1], arrays[0].size, _MIN_ELEMENTS_PER_PIECE)
+    map_pieces(lambda r: fn(slice(*r), *(a[:, r[0]:r[1]] for a in arrays)), pieces,
+               uses_blas=True)
 
 
 def _check_batch_norm(x, gamma, beta, running_mean, running_var, training, momentum, eps):

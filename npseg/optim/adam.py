@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 
 from npseg.ops._checks import check_number
-from npseg.ops._threads import MIN_ELEMENTS_PER_PIECE, elementwise
+from npseg.ops._threads import elementwise
 from npseg.optim.optimizer import Optimizer
 
 __all__ = ["Adam", "AdamW"]
@@ -77,11 +77,8 @@ class Adam(Optimizer):
             work *= step_size
             p -= work                                   # p -= step_size * m / denom
 
-        arrays = (p.data, grad, xp.empty_like(p.data), *moments)
-        if p.data.size < 2 * MIN_ELEMENTS_PER_PIECE:
-            update(*arrays)         # one piece: skip the cost of cutting it up
-        else:                       # pieces on npseg's threads (elementwise: the same numbers)
-            elementwise(update, *arrays)
+        # on npseg's threads for large parameters (elementwise, so the same numbers)
+        elementwise(update, p.data, grad, xp.empty_like(p.data), *moments)
 
 
 class AdamW(Adam):
