@@ -188,19 +188,25 @@ def avg_pool_case(k, s, p, shape=(8, 64, 64, 64)):
     return "avg_pool2d", f"{'x'.join(map(str, shape))} k{k} s{s} p{p}", setup
 
 
-def batch_norm_case(shape=(8, 64, 64, 64)):
+def batch_norm_case(shape=(8, 64, 64, 64), relu=False):
+    """Batch norm in training; with ``relu``, npseg's fused batch_norm_relu against PyTorch's
+    batch norm then ReLU."""
+    name = "batch_norm_relu" if relu else "batch_norm"
+
     def setup():
         C = shape[1]
         x, gamma, beta = randn(*shape), randn(C), randn(C)
         rm, rv = np.zeros(C, DT), np.ones(C, DT)
-        ours = npseg_step("batch_norm", (x, gamma, beta, rm, rv, True))
+        ours = npseg_step(name, (x, gamma, beta, rm, rv, True))
         theirs = None
         if torch:
             trm, trv = torch.zeros(C), torch.ones(C)
-            theirs = torch_step(lambda a, g, b: F.batch_norm(a, trm, trv, g, b, training=True),
-                                [tt(x, 1), tt(gamma, 1), tt(beta, 1)])
+            after = F.relu if relu else (lambda y: y)
+            theirs = torch_step(
+                lambda a, g, b: after(F.batch_norm(a, trm, trv, g, b, training=True)),
+                [tt(x, 1), tt(gamma, 1), tt(beta, 1)])
         return ours, theirs
-    return "batch_norm", "x".join(map(str, shape)) + " train", setup
+    return name, "x".join(map(str, shape)) + " train", setup
 
 
 def dropout_case(shape=(8, 64, 64, 64)):
@@ -285,7 +291,8 @@ CASES = (
     [conv_case(xs, ws, t, **kw) for xs, ws, t, kw in CONVS]
     + [linear_case(512, 12544, 1024), linear_case(512, 1024, 1024)]
     + [max_pool_case(2, 2, 0), max_pool_case(3, 2, 1), max_unpool_case(),
-       avg_pool_case(2, 2, 0), avg_pool_case(3, 2, 1), batch_norm_case()]
+       avg_pool_case(2, 2, 0), avg_pool_case(3, 2, 1), batch_norm_case(),
+       batch_norm_case(relu=True)]
     + [elementwise_case(name, fn) for name, fn in _act.items()]
     + [dropout_case(),
        interpolate_case("bilinear", False), interpolate_case("bilinear", True),
