@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 
 def _parse():
@@ -34,6 +33,8 @@ import numpy as np  # noqa: E402  (after the thread variables)
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from npseg import ops  # noqa: E402
 
+from _timing import median_ms_interleaved  # noqa: E402
+
 try:
     import torch
     import torchvision
@@ -41,20 +42,6 @@ try:
     torch.set_num_threads(ARGS.threads)
 except ImportError:  # torch is optional
     torch = torchvision = None
-
-
-def median_ms(fns, repeat=ARGS.repeat):
-    """Median wall time (ms) of each function in ``fns``; the runs alternate between them so a
-    machine shared with other work slows them alike. One untimed warm-up run each."""
-    for fn in fns:
-        fn()
-    times = [[] for _ in fns]
-    for _ in range(repeat):
-        for fn, spent in zip(fns, times):
-            start = time.perf_counter()
-            fn()
-            spent.append(time.perf_counter() - start)
-    return [1e3 * float(np.median(spent)) for spent in times]
 
 
 def make_rois(rng, k=512, n=2, image=800):
@@ -134,9 +121,9 @@ def main():
         assert np.allclose(align_fwd()[0], torch_fns["align_fwd"]().numpy(), atol=1e-5)
     for name, what, fn, key in entries:
         if key in torch_fns:
-            ours, theirs = median_ms([fn, torch_fns[key]])
+            ours, theirs = median_ms_interleaved([fn, torch_fns[key]], ARGS.repeat)
         else:
-            (ours,), theirs = median_ms([fn]), None
+            (ours,), theirs = median_ms_interleaved([fn], ARGS.repeat), None
         rows.append((name, what, ours, theirs))
 
     print(f"threads: {ARGS.threads}, median of {ARGS.repeat} runs, float32"

@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 
 def _parse():
@@ -51,6 +49,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import npseg.ops as cpu_ops  # noqa: E402
+from _timing import median_ms  # noqa: E402
 from _torch_twins import torch_twin  # noqa: E402
 import npseg_gpu  # noqa: E402
 
@@ -327,12 +326,12 @@ def _training_row(name, config, batch, side, torch):
 
     gpu = npseg_step("cuda")
     gpu()
-    gpu_ms = _median_ms(gpu, ARGS.repeat, npseg_gpu.synchronize)
+    gpu_ms = median_ms(gpu, ARGS.repeat, npseg_gpu.synchronize)
     cpu_ms = torch_ms = None
     if not ARGS.no_cpu:
         cpu = npseg_step("cpu")
         cpu()
-        cpu_ms = _median_ms(cpu, ARGS.cpu_repeat, lambda: None)
+        cpu_ms = median_ms(cpu, ARGS.cpu_repeat)
     twin = torch_twin(torch, name, CLASSES, config) if torch is not None else None
     if twin is not None:
         twin = twin.cuda().train()
@@ -345,23 +344,12 @@ def _training_row(name, config, batch, side, torch):
             torch.nn.functional.cross_entropy(twin(x), t).backward()
             optimizer.step()
         torch_step()
-        torch_ms = _median_ms(torch_step, ARGS.repeat, torch.cuda.synchronize)
+        torch_ms = median_ms(torch_step, ARGS.repeat, torch.cuda.synchronize)
     label = f"{batch}x3x{side}x{side} width {config['width']:g}"
     _print_row(f"train step {name}", label, cpu_ms, gpu_ms, torch_ms)
 
 
 # ------------------------------------------------------------------------------------ timing
-
-def _median_ms(step, repeat, sync):
-    times = []
-    for _ in range(repeat):
-        sync()
-        start = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
-
 
 def _npseg_step(ops, name, args, kwargs, to_device, rng_factory):
     """A function running forward and backward of ``ops``' op ``name`` once."""
@@ -424,16 +412,16 @@ def main():
         gpu = _npseg_step(gpu_ops, name, args, kwargs, npseg_gpu.asarray,
                           lambda: npseg_gpu.random.default_rng(0))
         gpu()  # warm-up: compiles the kernels, fills CuPy's caches
-        gpu_ms = _median_ms(gpu, ARGS.repeat, npseg_gpu.synchronize)
+        gpu_ms = median_ms(gpu, ARGS.repeat, npseg_gpu.synchronize)
         cpu_ms = torch_ms = None
         if not ARGS.no_cpu:
             cpu = _npseg_step(cpu_ops, name, args, kwargs, np.copy,
                               lambda: np.random.default_rng(0))
-            cpu_ms = _median_ms(cpu, ARGS.cpu_repeat, lambda: None)
+            cpu_ms = median_ms(cpu, ARGS.cpu_repeat)
         if torch is not None and torch_fn is not None:
             step = _torch_step(torch, torch_fn, args, case.get("no_grad", ()))
             step()
-            torch_ms = _median_ms(step, ARGS.repeat, torch.cuda.synchronize)
+            torch_ms = median_ms(step, ARGS.repeat, torch.cuda.synchronize)
 
         _print_row(name, label, cpu_ms, gpu_ms, torch_ms)
     for name, config, batch, side in TRAINING_STEPS:

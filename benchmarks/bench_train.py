@@ -28,8 +28,6 @@ ARGS = _args()
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NPSEG_NUM_THREADS"):
     os.environ[_var] = str(ARGS.threads)
 
-import time  # noqa: E402
-
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -39,6 +37,7 @@ from npseg import optim  # noqa: E402
 from npseg.models import build_model  # noqa: E402
 from npseg.train.config import PRESETS  # noqa: E402
 
+from _timing import median_ms  # noqa: E402
 from _torch_twins import torch_twin  # noqa: E402
 
 try:
@@ -47,16 +46,6 @@ try:
     torch.set_num_threads(ARGS.threads)
 except ImportError:  # the table shows "-" for torch
     torch = None
-
-
-def _median_time(step, repeat):
-    step()  # warm-up
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def main():
@@ -82,7 +71,7 @@ def main():
             loss.backward()
             opt.step()
 
-        ours = _median_time(step, ARGS.repeat)
+        ours = median_ms(step, ARGS.repeat, warmup=True)
         n_params = sum(p.data.size for p in model.parameters())
         net = torch_twin(torch, name, classes, cfg) if torch is not None else None
         theirs = None
@@ -98,10 +87,10 @@ def main():
                 loss.backward()
                 topt.step()
 
-            theirs = _median_time(tstep, ARGS.repeat)
-        t_ms = f"{theirs * 1e3:9.1f}" if theirs else f"{'-':>9}"
+            theirs = median_ms(tstep, ARGS.repeat, warmup=True)
+        t_ms = f"{theirs:9.1f}" if theirs else f"{'-':>9}"
         ratio = f"{ours / theirs:6.2f}" if theirs else f"{'-':>6}"
-        print(f"{name:<8} {n_params:>9} {ours * 1e3:9.1f} {t_ms} {ratio}")
+        print(f"{name:<8} {n_params:>9} {ours:9.1f} {t_ms} {ratio}")
 
 
 if __name__ == "__main__":
