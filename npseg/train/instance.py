@@ -22,6 +22,8 @@ from npseg.data.loader import DataLoader
 from npseg.metrics.coco_eval import evaluate_detections, to_coco_results
 from npseg.models.maskrcnn_config import LOSS_NAMES
 
+from .task import Task
+
 __all__ = ["evaluate_instances", "predict_instances", "instance_loss_names", "InstanceTask",
            "build_instance_run", "build_instance_datasets"]
 
@@ -143,16 +145,11 @@ def build_instance_run(config):
     return model, task, train_set, val_set, transform
 
 
-class InstanceTask:
+class InstanceTask(Task):
     """The sum of Mask R-CNN's five losses; scored by validation mask AP50 (COCO-style)."""
 
     kind = "instance"
     score_name = "segm_AP50"
-
-    def __init__(self, num_classes: int, class_names=None, device: str = "cpu"):
-        self.num_classes = num_classes
-        self.class_names = list(class_names) if class_names is not None else None
-        self.device = device
 
     def loss(self, model, batch):
         images = Tensor(to_device(batch["images"], self.device), device=self.device)

@@ -17,6 +17,7 @@ from npseg.data.shapes import ShapesDataset
 from npseg.data.transforms import Compose, RandomHorizontalFlip, RandomScaleCrop
 from npseg.metrics.semantic import SegmentationMetric
 
+from .task import Task
 from .visualize import colorize, overlay, side_by_side, to_uint8_image
 
 __all__ = ["SemanticTask", "build_datasets", "IGNORE_INDEX"]
@@ -52,16 +53,11 @@ def _center_crop_array(a, height: int, width: int):
     return a[..., top:top + height, left:left + width]
 
 
-class SemanticTask:
+class SemanticTask(Task):
     """Per-pixel cross entropy (ignoring label 255); scored by validation mIoU."""
 
     kind = "semantic"
     score_name = "miou"
-
-    def __init__(self, num_classes: int, class_names=None, device: str = "cpu"):
-        self.num_classes = num_classes
-        self.class_names = list(class_names) if class_names is not None else None
-        self.device = device
 
     def forward(self, model, images: np.ndarray):
         """Class scores of the size of ``images``. A model whose output is smaller than its input
