@@ -66,20 +66,17 @@ def _channel_dot(a, b):
     return np.matmul(a[:, :, None, :], b[:, :, :, None]).sum(axis=(0, 2, 3))
 
 
-# Batch norm runs on npseg's threads in pieces of at least this many elements (smaller arrays
-# run on the calling thread): below it, the time to hand a piece to a thread and the turns the
-# threads take at the GIL eat the gain (measured on the U-Net preset's layers).
-_MIN_ELEMENTS_PER_PIECE = 1 << 18
-
-
 def _by_channels(fn, *arrays):
     """``fn(channels, *views)`` for ranges of channels, on npseg's threads at once.
 
     ``arrays`` are (N, C, L); ``channels`` is a slice of C and each view ``a[:, channels]``.
     A channel's statistics lie within one piece, so the pieces need nothing from each other:
-    one pass of threads per forward or backward. Their sums are matrix products (BLAS).
+    one pass of threads per forward or backward. Their sums are matrix products (BLAS). The
+    pieces are at least ``_threads.MIN_ELEMENTS_PER_PIECE`` elements, as for elementwise ops:
+    below that, handing a piece to a thread and the turns at the GIL eat the gain (measured on
+    the U-Net preset's batch norm layers too).
     """
-    pieces = ranges(arrays[0].shape[1], arrays[0].size, _MIN_ELEMENTS_PER_PIECE)
+    pieces = ranges(arrays[0].shape[1], arrays[0].size)
     map_pieces(lambda r: fn(slice(*r), *(a[:, r[0]:r[1]] for a in arrays)), pieces,
                uses_blas=True)
 
